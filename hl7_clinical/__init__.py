@@ -1,0 +1,1 @@
+"""Clinical data in: HL7 v2 ORU over MLLP, CSV import and feature assembly."""

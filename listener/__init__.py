@@ -1,0 +1,1 @@
+"""DICOM in: the C-STORE SCP, durable storage of instances and series completion."""

@@ -1,0 +1,1 @@
+"""CLDCA in pure PyTorch: network, preprocessing, training, evaluation, inference."""

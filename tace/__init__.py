@@ -1,0 +1,3 @@
+"""Gateway kernel and entry point."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from tace.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""Read models for administrators: what `tace jobs` and the admin API show.
+
+They carry the patient hash, never the patient's name or ID, so they can be
+printed, logged and shown on screens without the role that allows identifiers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from tace.db import Job, JobEvent, JobState, Prediction, Series, Study
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    id: int
+    state: str
+    stage: str
+    generation: int
+    attempts: int
+    series_instance_uid: str
+    patient_hash: str
+    created_at: datetime
+    updated_at: datetime
+    error: str | None
+
+
+@dataclass(frozen=True)
+class JobEventView:
+    at: datetime
+    state: str
+    stage: str
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    job: JobSummary
+    study_instance_uid: str
+    modality: str | None
+    series_description: str | None
+    instance_count: int
+    published_at: datetime | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+    publish_count: int
+    superseded_by_id: int | None
+    events: list[JobEventView] = field(default_factory=list)
+    prediction: dict[str, Any] | None = None
+
+
+def _summary(job: Job, series: Series, study: Study) -> JobSummary:
+    assert job.id is not None
+    return JobSummary(
+        id=job.id,
+        state=str(job.state),
+        stage=str(job.stage),
+        generation=job.generation,
+        attempts=job.attempts,
+        series_instance_uid=series.series_instance_uid,
+        patient_hash=study.patient_hash,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        error=job.error,
+    )
+
+
+def list_jobs(
+    session: Session,
+    *,
+    state: JobState | None = None,
+    since: datetime | None = None,
+    patient_hash: str | None = None,
+    series_instance_uid: str | None = None,
+    limit: int = 100,
+) -> list[JobSummary]:
+    query = (
+        select(Job, Series, Study)
+        .join(Series, col(Series.id) == Job.series_id)
+        .join(Study, col(Study.id) == Series.study_id)
+    )
+    if state is not None:
+        query = query.where(Job.state == state)
+    if since is not None:
+        query = query.where(col(Job.updated_at) >= since)
+    if patient_hash is not None:
+        query = query.where(Study.patient_hash == patient_hash)
+    if series_instance_uid is not None:
+        query = query.where(Series.series_instance_uid == series_instance_uid)
+    query = query.order_by(col(Job.id).desc()).limit(limit)
+    return [_summary(job, series, study) for job, series, study in session.exec(query).all()]
+
+
+def job_detail(session: Session, job_id: int) -> JobDetail | None:
+    row = session.exec(
+        select(Job, Series, Study)
+        .join(Series, col(Series.id) == Job.series_id)
+        .join(Study, col(Study.id) == Series.study_id)
+        .where(Job.id == job_id)
+    ).first()
+    if row is None:
+        return None
+    job, series, study = row
+    events = session.exec(
+        select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))
+    ).all()
+    prediction = session.exec(select(Prediction).where(Prediction.job_id == job_id)).first()
+    return JobDetail(
+        job=_summary(job, series, study),
+        study_instance_uid=study.study_instance_uid,
+        modality=series.modality,
+        series_description=series.series_description,
+        instance_count=series.instance_count,
+        published_at=job.published_at,
+        started_at=job.started_at,
+        heartbeat_at=job.heartbeat_at,
+        finished_at=job.finished_at,
+        publish_count=job.publish_count,
+        superseded_by_id=job.superseded_by_id,
+        events=[JobEventView(e.at, str(e.state), str(e.stage), e.detail) for e in events],
+        prediction=(
+            prediction.model_dump(exclude={"id", "job_id"}) if prediction is not None else None
+        ),
+    )
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, datetimes and enums as plain JSON values."""
+    if hasattr(value, "__dataclass_fields__"):
+        return to_jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

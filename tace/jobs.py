@@ -1,0 +1,283 @@
+"""Job state machine: transitions, leases and heartbeats.
+
+Delivery through the broker is at least once, so the same job may reach two
+workers. A worker therefore *claims* a job with a compare-and-set update that
+hands it a lease token, proves it is alive with heartbeats, and can only finish
+the job while it still holds the lease. A worker that went silent loses the lease
+to the next claim; when it wakes up its completion is refused, so a job never
+completes twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from tace.db import (
+    TERMINAL_JOB_STATES,
+    Job,
+    JobEvent,
+    JobState,
+    Stage,
+    session_scope,
+    utcnow,
+)
+
+_READY_STATES: dict[Stage, tuple[JobState, ...]] = {
+    Stage.infer: (JobState.received, JobState.queued, JobState.waiting_for_labs),
+    Stage.send: (JobState.predicted,),
+}
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (this one was presumed dead) or it was superseded."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: int
+    token: str
+    stage: Stage
+    attempt: int
+
+
+def _event(
+    session: Session, job_id: int, state: JobState, stage: Stage, detail: str | None
+) -> None:
+    session.add(JobEvent(job_id=job_id, state=state, stage=stage, detail=detail, at=utcnow()))
+
+
+def create_job(session: Session, series_id: int, generation: int, detail: str | None = None) -> Job:
+    """Create the job of a newly completed series generation, superseding live older ones.
+
+    Runs inside the caller's transaction so that completing the series and creating
+    its job commit together (the outbox pattern).
+    """
+    job = Job(series_id=series_id, generation=generation, state=JobState.received)
+    session.add(job)
+    session.flush()
+    assert job.id is not None
+    _event(session, job.id, JobState.received, Stage.infer, detail)
+    older = session.exec(
+        select(Job).where(
+            Job.series_id == series_id,
+            Job.id != job.id,
+            col(Job.state).not_in(list(TERMINAL_JOB_STATES)),
+        )
+    ).all()
+    for previous in older:
+        assert previous.id is not None
+        previous.state = JobState.superseded
+        previous.superseded_by_id = job.id
+        previous.lease = None
+        previous.updated_at = previous.finished_at = utcnow()
+        _event(
+            session, previous.id, JobState.superseded, previous.stage, f"superseded by job {job.id}"
+        )
+    return job
+
+
+def claim(
+    engine: Engine,
+    job_id: int,
+    stage: Stage,
+    *,
+    stall_seconds: float,
+    max_lost_leases: int = 3,
+) -> Lease | None:
+    """Take the job for ``stage`` if it is ready, or if its last worker went silent.
+
+    Returns ``None`` when another worker holds a live lease or the job is past this
+    stage; the caller acknowledges the message and does nothing.
+    """
+    now = utcnow()
+    stale_before = now - timedelta(seconds=stall_seconds)
+    token = uuid.uuid4().hex
+    ready = sa.and_(Job.stage == stage, col(Job.state).in_(_READY_STATES[stage]))
+    stale = sa.and_(
+        Job.stage == stage,
+        Job.state == JobState.running,
+        sa.or_(col(Job.heartbeat_at).is_(None), col(Job.heartbeat_at) < stale_before),
+    )
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return None
+        took_over = job.state == JobState.running
+        if took_over and job.lost_leases + 1 >= max_lost_leases:
+            reason = f"gave up: {job.lost_leases + 1} workers went silent on this job"
+            gave_up = session.execute(
+                sa.update(Job)
+                .where(col(Job.id) == job_id, stale)
+                .values(
+                    state=JobState.failed,
+                    error=reason,
+                    lease=None,
+                    updated_at=now,
+                    finished_at=now,
+                    lost_leases=Job.lost_leases + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if gave_up.rowcount == 1:
+                _event(session, job_id, JobState.failed, stage, reason)
+            return None
+        result = session.execute(
+            sa.update(Job)
+            .where(col(Job.id) == job_id, sa.or_(ready, stale))
+            .values(
+                state=JobState.running,
+                lease=token,
+                attempts=Job.attempts + 1,
+                lost_leases=Job.lost_leases + (1 if took_over else 0),
+                started_at=now,
+                heartbeat_at=now,
+                updated_at=now,
+                not_before=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            return None
+        session.refresh(job)
+        detail = f"attempt {job.attempts}" + (" (previous worker went silent)" if took_over else "")
+        _event(session, job_id, JobState.running, stage, detail)
+        return Lease(job_id=job_id, token=token, stage=stage, attempt=job.attempts)
+
+
+def heartbeat(engine: Engine, lease: Lease) -> bool:
+    """Prove the worker is alive; ``False`` means the lease was lost and work must stop."""
+    with session_scope(engine) as session:
+        result = session.execute(
+            sa.update(Job)
+            .where(
+                col(Job.id) == lease.job_id, Job.lease == lease.token, Job.state == JobState.running
+            )
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def finish(
+    engine: Engine,
+    lease: Lease,
+    state: JobState,
+    *,
+    stage: Stage | None = None,
+    detail: str | None = None,
+    error: str | None = None,
+    not_before: datetime | None = None,
+    session: Session | None = None,
+) -> None:
+    """End this lease by moving the job to ``state``; raise :class:`LeaseLost` if not held.
+
+    Pass ``session`` to commit the transition together with the caller's own rows
+    (the prediction, say), so that both land or neither does.
+    """
+    if state == JobState.running:
+        raise ValueError("finish() cannot move a job to running; use claim()")
+    now = utcnow()
+    next_stage = stage or lease.stage
+    values: dict[str, object] = {
+        "state": state,
+        "stage": next_stage,
+        "lease": None,
+        "updated_at": now,
+        "error": error,
+        "not_before": not_before,
+    }
+    if state in TERMINAL_JOB_STATES:
+        values["finished_at"] = now
+    if state in (JobState.predicted, JobState.waiting_for_labs):
+        values["published_at"] = None
+    statement = (
+        sa.update(Job)
+        .where(col(Job.id) == lease.job_id, Job.lease == lease.token, Job.state == JobState.running)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+    def apply(target: Session) -> None:
+        if target.execute(statement).rowcount != 1:
+            raise LeaseLost(f"job {lease.job_id}: lease lost before it could become {state}")
+        _event(target, lease.job_id, state, next_stage, error or detail)
+
+    if session is not None:
+        apply(session)
+        return
+    with session_scope(engine) as own:
+        apply(own)
+
+
+def mark_published(engine: Engine, job_id: int, from_state: JobState) -> bool:
+    """Record a publication; a job still ``received`` becomes ``queued``."""
+    now = utcnow()
+    values: dict[str, object] = {"published_at": now, "publish_count": Job.publish_count + 1}
+    if from_state == JobState.received:
+        values["state"] = JobState.queued
+        values["updated_at"] = now
+    with session_scope(engine) as session:
+        result = session.execute(
+            sa.update(Job)
+            .where(col(Job.id) == job_id, Job.state == from_state)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1 and from_state == JobState.received:
+            _event(session, job_id, JobState.queued, Stage.infer, None)
+        return result.rowcount == 1
+
+
+def reset_for_replay(session: Session, job: Job, stage: Stage, reason: str) -> None:
+    """Put a job back in the outbox at ``stage``; the relay publishes it."""
+    assert job.id is not None
+    job.state = JobState.received if stage == Stage.infer else JobState.predicted
+    job.stage = stage
+    job.lease = None
+    job.error = None
+    job.lost_leases = 0
+    job.published_at = None
+    job.finished_at = None
+    job.not_before = None
+    job.updated_at = utcnow()
+    session.add(job)
+    _event(session, job.id, job.state, stage, reason)
+
+
+class Heartbeat:
+    """Beats in a background thread while a task runs; ``lost`` is set if the lease goes."""
+
+    def __init__(self, engine: Engine, lease: Lease, interval_seconds: float) -> None:
+        self._engine = engine
+        self._lease = lease
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{lease.job_id}", daemon=True
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                alive = heartbeat(self._engine, self._lease)
+            except sa.exc.OperationalError:
+                continue
+            if not alive:
+                self.lost.set()
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,111 @@
+"""Patient identifiers: pseudonymous keys for logs and a registry of values to scrub.
+
+Logs leave the hospital network (support bundles, log shippers), so they must never
+carry a name, an ID or a birth date. Components log :func:`patient_hash` instead,
+and register the identifiers they read with :func:`protect`, so that an identifier
+that slips into a message from a third-party library is still removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+REDACTED = "[redacted]"
+
+_KEY_FILE = "patient-hash.key"
+_MAX_PROTECTED = 8192
+_MIN_PROTECTED_LEN = 3
+
+_lock = threading.Lock()
+_protected: OrderedDict[str, None] = OrderedDict()
+_pattern: re.Pattern[str] | None = None
+_hash_key: bytes | None = None
+
+
+def load_hash_key(data_dir: Path) -> bytes:
+    """Read (or create once) the per-installation key of the patient hash.
+
+    A plain hash of a medical record number is reversible by enumerating the number
+    space, so the hash is keyed; the key lives in the data dir that every process of
+    a deployment shares, which keeps hashes comparable across machines.
+    """
+    global _hash_key
+    path = data_dir / _KEY_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(key)
+                handle.flush()
+                os.fsync(handle.fileno())
+    key_bytes = path.read_text().strip().encode()
+    with _lock:
+        _hash_key = key_bytes
+    return key_bytes
+
+
+def patient_hash(patient_id: str | None, issuer: str | None = None) -> str:
+    """A stable, keyed pseudonym for (issuer, patient ID), safe to log and display."""
+    if not patient_id:
+        return "unknown"
+    key = _hash_key if _hash_key is not None else b"tace-unkeyed"
+    message = f"{issuer or ''}\x00{patient_id}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:16]
+
+
+def protect(*values: object) -> None:
+    """Remember identifier values so that any later log line containing them is scrubbed."""
+    global _pattern
+    added = False
+    with _lock:
+        for value in values:
+            text = str(value).strip() if value is not None else ""
+            if len(text) < _MIN_PROTECTED_LEN:
+                continue
+            if text in _protected:
+                _protected.move_to_end(text)
+                continue
+            _protected[text] = None
+            added = True
+            if len(_protected) > _MAX_PROTECTED:
+                _protected.popitem(last=False)
+        if added:
+            _pattern = None
+
+
+def scrub(text: str) -> str:
+    """Replace every protected value and every HL7 PID segment body in ``text``."""
+    global _pattern
+    if "PID|" in text:
+        text = _PID_SEGMENT.sub("PID|" + REDACTED, text)
+    with _lock:
+        if not _protected:
+            return text
+        if _pattern is None:
+            alternatives = sorted(_protected, key=len, reverse=True)
+            _pattern = re.compile("|".join(re.escape(v) for v in alternatives))
+        pattern = _pattern
+    return pattern.sub(REDACTED, text)
+
+
+def forget_all() -> None:
+    """Clear the registry (tests, and a process that starts a new unit of isolation)."""
+    global _pattern
+    with _lock:
+        _protected.clear()
+        _pattern = None
+
+
+_PID_SEGMENT = re.compile(r"PID\|[^\r\n]*")

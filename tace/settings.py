@@ -1,0 +1,204 @@
+"""Runtime configuration.
+
+Every process of the gateway (listener, HL7 feed, relay, workers, API) reads the
+same settings so that a scale-out deployment is configured in one place: the
+environment (``TACE_`` prefix) wins over a TOML file, which wins over the
+embedded defaults that let ``tace up`` run on a laptop with no server installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "TACE_CONFIG"
+_config_file: ContextVar[Path | None] = ContextVar("tace_config_file", default=None)
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SettingsError(Exception):
+    """A configuration problem, phrased as one line an operator can act on."""
+
+
+def _check_ae_title(value: str, what: str) -> str:
+    title = value.strip()
+    if not title or not _AE_TITLE.match(title):
+        raise ValueError(f"{what} {value!r} is not a DICOM AE title (1-16 printable characters)")
+    return title
+
+
+class Destination(BaseModel, frozen=True):
+    """A DICOM peer that receives our SRs, written ``AE@host:port``."""
+
+    ae_title: str
+    host: str
+    port: Port
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        match = re.fullmatch(r"\s*([^@]+)@(\[[^\]]+\]|[^:@\s]+):(\d+)\s*", text)
+        if not match:
+            raise ValueError(f"destination {text!r} is not of the form AE@host:port")
+        ae, host, port = match.groups()
+        return cls(
+            ae_title=_check_ae_title(ae, "destination AE title"),
+            host=host.strip("[]"),
+            port=int(port),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def _split_list(value: Any) -> Any:
+    """Lists come from the environment as comma-separated text."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The ``TACE_*`` settings; field names are the variable names without the prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TACE_",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("tace-data")
+    database_url: str | None = None
+    broker_url: str = "filesystem://"
+
+    ae_title: str = "TACE"
+    dicom_port: Port = 11112
+    allowed_calling_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
+    hl7_port: Port = 2575
+    api_port: Port = 8080
+    bind_host: str = "0.0.0.0"
+
+    model_checkpoint: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    series_quiet_seconds: float = Field(default=30.0, gt=0)
+    release_grace_seconds: float = Field(default=5.0, ge=0)
+    job_stall_seconds: float = Field(default=300.0, gt=0)
+    relay_interval_seconds: float = Field(default=1.0, gt=0)
+    visibility_timeout_seconds: int = Field(default=7200, gt=0)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @field_validator("ae_title", mode="after")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return _check_ae_title(value, "AE title")
+
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("allowed_calling_aets", mode="after")
+    @classmethod
+    def _valid_aets(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v, "calling AE title") for v in value]
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _parse_destinations(cls, value: Any) -> Any:
+        items = _split_list(value)
+        if isinstance(items, list):
+            return [Destination.parse(v) if isinstance(v, str) else v for v in items]
+        return items
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError(f"database URL {value!r} must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("broker_url", mode="after")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        if not value.startswith(("filesystem://", "redis://", "rediss://", "memory://")):
+            raise ValueError(f"broker URL {value!r} must be filesystem://, redis:// or rediss://")
+        return value
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        """SQLite inside the data dir unless a server is configured."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'tace.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get() or os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
+    name = loc[0] if loc else "settings"
+    variable = f"TACE_{name.upper()}"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden":
+        return f"unknown setting {name!r}"
+    value = error.get("input")
+    shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""
+    return f"{variable}{shown}: {message}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings or raise :class:`SettingsError` with one readable line.
+
+    ``config_file`` (else ``TACE_CONFIG``) names a TOML file; the environment wins
+    over it so a deployment can override one value without editing the file.
+    """
+    path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is not None and not path.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+    token = _config_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError("; ".join(_describe(e) for e in exc.errors())) from None
+    except (ValueError, OSError) as exc:
+        raise SettingsError(f"cannot read configuration {path}: {exc}") from None
+    finally:
+        _config_file.reset(token)

@@ -1,0 +1,294 @@
+"""Synthetic CT series: realistic headers and pixel encodings, no patient data.
+
+Tests, benchmarks and the demo model need CT series without touching real
+patients. The series exercise what real scanners vary and naive readers get
+wrong: signed and unsigned storage, rescale slope and intercept, oblique
+orientations, instance numbers that disagree with slice order, and compressed
+transfer syntaxes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+COMPRESSIONS: dict[str, UID] = {
+    "none": ExplicitVRLittleEndian,
+    "implicit": ImplicitVRLittleEndian,
+    "deflate": DeflatedExplicitVRLittleEndian,
+    "rle": RLELossless,
+    "jpeg2000": JPEG2000Lossless,
+    "jpegls": JPEGLSLossless,
+    "jpeg-lossless": JPEGLosslessSV1,
+}
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """Everything that varies between synthetic series; defaults make a plain axial CT."""
+
+    slices: int = 16
+    rows: int = 512
+    columns: int = 512
+    pixel_spacing: tuple[float, float] = (0.7, 0.7)
+    slice_spacing: float = 2.5
+    orientation: tuple[float, float, float, float, float, float] = AXIAL
+    origin: tuple[float, float, float] = (-179.0, -179.0, -100.0)
+    signed: bool = False
+    rescale_slope: float = 1.0
+    rescale_intercept: float | None = None
+    shuffle_instance_numbers: bool = False
+    compression: str = "none"
+    seed: int = 0
+    patient_id: str = "SYN0001"
+    patient_name: str = "Synthetic^Patient"
+    patient_birth_date: str = "19600101"
+    patient_sex: str = "M"
+    issuer_of_patient_id: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    study_datetime: dt.datetime = dt.datetime(2026, 1, 15, 9, 30, 0)
+    accession_number: str = "ACC0001"
+    series_number: int = 3
+    series_description: str = "ABD ARTERIAL 2.5mm"
+    modality: str = "CT"
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL")
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def intercept(self) -> float:
+        if self.rescale_intercept is not None:
+            return self.rescale_intercept
+        return 0.0 if self.signed else -1024.0
+
+    def uids(self) -> tuple[str, str]:
+        """Study and series UIDs, derived from the seed unless given."""
+        study = self.study_instance_uid or generate_uid(entropy_srcs=[f"study-{self.seed}"])
+        series = self.series_instance_uid or generate_uid(
+            entropy_srcs=[f"series-{self.seed}-{study}-{self.series_number}"]
+        )
+        return study, series
+
+
+def phantom_hu(
+    slices: int,
+    rows: int,
+    columns: int,
+    *,
+    seed: int = 0,
+    tumour_hu: float = 120.0,
+    tumour_radius_fraction: float = 0.08,
+) -> np.ndarray:
+    """An abdomen-like HU volume: air, body, liver, an enhancing tumour and a spine."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(
+        np.linspace(-1, 1, slices),
+        np.linspace(-1, 1, rows),
+        np.linspace(-1, 1, columns),
+        indexing="ij",
+    )
+    volume = np.full((slices, rows, columns), -1000.0, dtype=np.float32)
+    body = (x / 0.85) ** 2 + (y / 0.65) ** 2 <= 1.0
+    volume[body] = -80.0
+    muscle = body & ((x / 0.78) ** 2 + (y / 0.58) ** 2 <= 1.0)
+    volume[muscle] = 45.0
+    liver = ((x + 0.3) / 0.38) ** 2 + ((y + 0.05) / 0.3) ** 2 + (z / 1.2) ** 2 <= 1.0
+    volume[liver] = 60.0
+    centre = (0.0, -0.05, -0.3)
+    tumour = ((z - centre[0]) / 0.6) ** 2 + ((y - centre[1]) ** 2 + (x - centre[2]) ** 2) / (
+        tumour_radius_fraction**2
+    ) <= 1.0
+    volume[tumour] = tumour_hu
+    spine = (x / 0.09) ** 2 + ((y - 0.45) / 0.09) ** 2 <= 1.0
+    volume[spine] = 700.0
+    volume += rng.normal(0.0, 12.0, size=volume.shape).astype(np.float32)
+    return volume
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+def _stored(hu: np.ndarray, spec: SeriesSpec) -> np.ndarray:
+    values = np.rint((hu - spec.intercept) / spec.rescale_slope)
+    if spec.signed:
+        return np.clip(values, -32768, 32767).astype(np.int16)
+    return np.clip(values, 0, 4095).astype(np.uint16)
+
+
+def _decimal(value: float) -> str:
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+def make_series(spec: SeriesSpec, volume_hu: np.ndarray | None = None) -> list[Dataset]:
+    """Datasets of one series in sending order (shuffled when instance numbers are)."""
+    if volume_hu is None:
+        volume_hu = phantom_hu(spec.slices, spec.rows, spec.columns, seed=spec.seed)
+    if volume_hu.shape != (spec.slices, spec.rows, spec.columns):
+        raise ValueError(
+            f"volume_hu has shape {volume_hu.shape}, spec asks for "
+            f"{(spec.slices, spec.rows, spec.columns)}"
+        )
+    if spec.compression not in COMPRESSIONS:
+        raise ValueError(f"compression {spec.compression!r} not in {sorted(COMPRESSIONS)}")
+    row_dir = _unit(np.array(spec.orientation[:3], dtype=float))
+    col_dir = _unit(np.array(spec.orientation[3:], dtype=float))
+    if abs(float(row_dir @ col_dir)) > 1e-6:
+        raise ValueError("orientation row and column directions must be orthogonal")
+    normal = np.cross(row_dir, col_dir)
+    origin = np.array(spec.origin, dtype=float)
+    study_uid, series_uid = spec.uids()
+    pixels = _stored(volume_hu, spec)
+    order = list(range(spec.slices))
+    numbers = list(range(1, spec.slices + 1))
+    rng = random.Random(spec.seed)
+    if spec.shuffle_instance_numbers:
+        rng.shuffle(numbers)
+    datasets = []
+    for index in order:
+        ds = _slice_dataset(spec, study_uid, series_uid, index, numbers[index])
+        position = origin + index * spec.slice_spacing * normal
+        ds.ImagePositionPatient = [_decimal(v) for v in position]
+        ds.ImageOrientationPatient = [_decimal(v) for v in (*row_dir, *col_dir)]
+        ds.SliceLocation = _decimal(float(position @ normal))
+        ds.PixelData = pixels[index].tobytes()
+        datasets.append(ds)
+    if spec.shuffle_instance_numbers:
+        rng.shuffle(datasets)
+    transfer_syntax = COMPRESSIONS[spec.compression]
+    for ds in datasets:
+        _encode(ds, transfer_syntax)
+    return datasets
+
+
+def _slice_dataset(
+    spec: SeriesSpec, study_uid: str, series_uid: str, index: int, number: int
+) -> Dataset:
+    sop_uid = generate_uid(entropy_srcs=[series_uid, str(index)])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = list(spec.image_type)
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    when = spec.study_datetime
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = when.strftime("%H%M%S")
+    ds.AccessionNumber = spec.accession_number
+    ds.Modality = spec.modality
+    ds.Manufacturer = "TACE synthetic"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "CT ABDOMEN TRIPHASIC"
+    ds.SeriesDescription = spec.series_description
+    ds.PatientName = spec.patient_name
+    ds.PatientID = spec.patient_id
+    if spec.issuer_of_patient_id:
+        ds.IssuerOfPatientID = spec.issuer_of_patient_id
+    ds.PatientBirthDate = spec.patient_birth_date
+    ds.PatientSex = spec.patient_sex
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.SliceThickness = _decimal(spec.slice_spacing)
+    ds.KVP = "120"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = spec.series_number
+    ds.InstanceNumber = number
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid, "frame"])
+    ds.PositionReferenceIndicator = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = spec.rows
+    ds.Columns = spec.columns
+    ds.PixelSpacing = [_decimal(v) for v in spec.pixel_spacing]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16 if spec.signed else 12
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if spec.signed else 0
+    ds.RescaleIntercept = _decimal(spec.intercept)
+    ds.RescaleSlope = _decimal(spec.rescale_slope)
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "50"
+    ds.WindowWidth = "400"
+    for keyword, value in spec.extra.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _encode(ds: Dataset, transfer_syntax: UID) -> None:
+    if transfer_syntax in (
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+    ):
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        return
+    if transfer_syntax == JPEGLosslessSV1:
+        _encode_with_dcmtk(ds)
+        return
+    ds.compress(transfer_syntax, generate_instance_uid=False)
+
+
+def _encode_with_dcmtk(ds: Dataset) -> None:
+    """JPEG lossless (process 14, SV1): pydicom cannot encode it, DCMTK's dcmcjpeg can."""
+    tool = shutil.which("dcmcjpeg")
+    if tool is None:
+        raise RuntimeError("jpeg-lossless needs DCMTK's dcmcjpeg (Debian package dcmtk)")
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "in.dcm", Path(tmp) / "out.dcm"
+        ds.save_as(source, enforce_file_format=True)
+        subprocess.run([tool, "+e1", str(source), str(target)], check=True, capture_output=True)
+        encoded = pydicom.dcmread(target)
+    ds.file_meta.TransferSyntaxUID = encoded.file_meta.TransferSyntaxUID
+    ds.PixelData = encoded.PixelData
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+
+
+def write_series(
+    spec: SeriesSpec, directory: Path, volume_hu: np.ndarray | None = None
+) -> list[Path]:
+    """Write the series as Part 10 files named by SOP Instance UID, in sending order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in make_series(spec, volume_hu):
+        path = directory / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def variants(base: SeriesSpec, **changes: Sequence[object]) -> list[SeriesSpec]:
+    """The base spec with each listed field set to each listed value, one change at a time."""
+    return [replace(base, **{name: value}) for name, values in changes.items() for value in values]

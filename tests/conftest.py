@@ -1,0 +1,99 @@
+"""Fixtures every suite shares: data dirs, databases, brokers and synthetic CT."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from tace.db import make_engine
+from tace.schema import upgrade_schema
+from tace.settings import Settings
+from tace.synthetic_ct import SeriesSpec, write_series
+from tests.support.services import RedisServer, free_port, postgres_database, shared_redis_url
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings of the machine running the tests must not leak into them."""
+    for key in list(os.environ):
+        if (
+            key.startswith("TACE_")
+            and not key.startswith("TACE_TEST")
+            and key not in ("TACE_REQUIRE_SERVICES",)
+        ):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_settings(data_dir: Path) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        overrides.setdefault("data_dir", data_dir)
+        return Settings(**overrides)
+
+    return build
+
+
+@pytest.fixture
+def sqlite_engine(data_dir: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{data_dir / 'tace.db'}")
+    upgrade_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    engine = make_engine(postgres_url)
+    upgrade_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """The same test on both backends the product supports."""
+    name = "sqlite_engine" if request.param == "sqlite" else "postgres_engine"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return shared_redis_url()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(port=free_port(), workdir=tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ct_series(tmp_path: Path) -> Callable[..., list[Path]]:
+    """Write a synthetic CT series; keyword arguments are SeriesSpec fields."""
+    counter = iter(range(1_000_000))
+
+    def write(directory: Path | None = None, **spec: Any) -> list[Path]:
+        target = directory or tmp_path / f"series-{next(counter)}"
+        return write_series(SeriesSpec(**spec), target)
+
+    return write

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tace.settings import Destination, SettingsError, load_settings
+
+
+def test_defaults_need_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.data_dir == tmp_path / "tace-data"
+    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'tace-data' / 'tace.db'}"
+    assert settings.broker_url == "filesystem://"
+    assert (settings.dicom_port, settings.hl7_port, settings.api_port) == (11112, 2575, 8080)
+    assert settings.ae_title == "TACE"
+    assert settings.series_quiet_seconds == 30
+    assert settings.release_grace_seconds == 5
+    assert settings.job_stall_seconds == 300
+    assert settings.destinations == []
+
+
+def test_environment_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TACE_DESTINATIONS", "ORTHANC@127.0.0.1:4242, PACS2@[::1]:104")
+    monkeypatch.setenv("TACE_ALLOWED_CALLING_AETS", "CT1,CT2")
+    settings = load_settings()
+    assert settings.destinations == [
+        Destination(ae_title="ORTHANC", host="127.0.0.1", port=4242),
+        Destination(ae_title="PACS2", host="::1", port=104),
+    ]
+    assert settings.allowed_calling_aets == ["CT1", "CT2"]
+
+
+def test_toml_file_is_read_and_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "tace.toml"
+    config.write_text(
+        'ae_title = "GATEWAY"\ndicom_port = 11113\ndestinations = ["PACS@10.0.0.5:104"]\n'
+    )
+    monkeypatch.setenv("TACE_DICOM_PORT", "11114")
+    settings = load_settings(config)
+    assert settings.ae_title == "GATEWAY"
+    assert settings.dicom_port == 11114
+    assert settings.destinations == [Destination(ae_title="PACS", host="10.0.0.5", port=104)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "TACE_DICOM_PORT",
+            "70000",
+            "TACE_DICOM_PORT='70000': Input should be less than or equal to 65535",
+        ),
+        ("TACE_HL7_PORT", "abc", "TACE_HL7_PORT='abc'"),
+        ("TACE_AE_TITLE", "A_TITLE_THAT_IS_FAR_TOO_LONG", "is not a DICOM AE title"),
+        ("TACE_DESTINATIONS", "PACS:104", "is not of the form AE@host:port"),
+        ("TACE_DATABASE_URL", "mysql://x", "must start with sqlite:// or postgresql://"),
+        ("TACE_DEVICE", "tpu", "TACE_DEVICE='tpu'"),
+    ],
+)
+def test_bad_values_give_one_readable_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unknown_key_in_toml_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "tace.toml"
+    config.write_text("dicom_prot = 104\n")
+    with pytest.raises(SettingsError, match="unknown setting 'dicom_prot'"):
+        load_settings(config)
+
+
+def test_missing_config_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")

@@ -1,0 +1,1 @@
+"""Celery tasks: series -> volume -> features -> model -> SR -> PACS."""
