@@ -70,6 +70,14 @@ def _summary(job: Job, series: Series, study: Study) -> JobSummary:
     )
 
 
+def _jobs_with_series() -> Any:
+    return (
+        select(Job, Series, Study)
+        .join(Series, col(Series.id) == Job.series_id)
+        .join(Study, col(Study.id) == Series.study_id)
+    )
+
+
 def list_jobs(
     session: Session,
     *,
@@ -79,11 +87,7 @@ def list_jobs(
     series_instance_uid: str | None = None,
     limit: int = 100,
 ) -> list[JobSummary]:
-    query = (
-        select(Job, Series, Study)
-        .join(Series, col(Series.id) == Job.series_id)
-        .join(Study, col(Study.id) == Series.study_id)
-    )
+    query = _jobs_with_series()
     if state is not None:
         query = query.where(Job.state == state)
     if since is not None:
@@ -97,12 +101,7 @@ def list_jobs(
 
 
 def job_detail(session: Session, job_id: int) -> JobDetail | None:
-    row = session.exec(
-        select(Job, Series, Study)
-        .join(Series, col(Series.id) == Job.series_id)
-        .join(Study, col(Study.id) == Series.study_id)
-        .where(Job.id == job_id)
-    ).first()
+    row = session.exec(_jobs_with_series().where(Job.id == job_id)).first()
     if row is None:
         return None
     job, series, study = row
