@@ -105,9 +105,7 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
     if row is None:
         return None
     job, series, study = row
-    events = session.exec(
-        select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))
-    ).all()
+    events = session.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))).all()
     prediction = session.exec(select(Prediction).where(Prediction.job_id == job_id)).first()
     return JobDetail(
         job=_summary(job, series, study),
@@ -122,9 +120,7 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
         publish_count=job.publish_count,
         superseded_by_id=job.superseded_by_id,
         events=[JobEventView(e.at, str(e.state), str(e.stage), e.detail) for e in events],
-        prediction=(
-            prediction.model_dump(exclude={"id", "job_id"}) if prediction is not None else None
-        ),
+        prediction=(prediction.model_dump(exclude={"id", "job_id"}) if prediction is not None else None),
     )
 
 

@@ -122,9 +122,7 @@ class Series(SQLModel, table=True):
     modality: str | None = Field(default=None, max_length=16)
     series_number: int | None = None
     series_description: str | None = Field(default=None, max_length=64)
-    state: SeriesState = Field(
-        default=SeriesState.receiving, sa_type=_enum_type(SeriesState), index=True
-    )
+    state: SeriesState = Field(default=SeriesState.receiving, sa_type=_enum_type(SeriesState), index=True)
     ineligible_reason: str | None = None
     instance_count: int = 0
     total_bytes: int = Field(default=0, sa_type=sa.BigInteger)

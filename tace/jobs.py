@@ -47,9 +47,7 @@ class Lease:
     attempt: int
 
 
-def _event(
-    session: Session, job_id: int, state: JobState, stage: Stage, detail: str | None
-) -> None:
+def _event(session: Session, job_id: int, state: JobState, stage: Stage, detail: str | None) -> None:
     session.add(JobEvent(job_id=job_id, state=state, stage=stage, detail=detail, at=utcnow()))
 
 
@@ -77,9 +75,7 @@ def create_job(session: Session, series_id: int, generation: int, detail: str | 
         previous.superseded_by_id = job.id
         previous.lease = None
         previous.updated_at = previous.finished_at = utcnow()
-        _event(
-            session, previous.id, JobState.superseded, previous.stage, f"superseded by job {job.id}"
-        )
+        _event(session, previous.id, JobState.superseded, previous.stage, f"superseded by job {job.id}")
     return job
 
 
@@ -156,9 +152,7 @@ def heartbeat(engine: Engine, lease: Lease) -> bool:
     with session_scope(engine) as session:
         result = session.execute(
             sa.update(Job)
-            .where(
-                col(Job.id) == lease.job_id, Job.lease == lease.token, Job.state == JobState.running
-            )
+            .where(col(Job.id) == lease.job_id, Job.lease == lease.token, Job.state == JobState.running)
             .values(heartbeat_at=utcnow())
             .execution_options(synchronize_session=False)
         )
@@ -260,9 +254,7 @@ class Heartbeat:
         self._interval = interval_seconds
         self._stop = threading.Event()
         self.lost = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"heartbeat-{lease.job_id}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{lease.job_id}", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

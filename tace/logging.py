@@ -69,9 +69,7 @@ def _is_identifier_key(key: object) -> bool:
     return isinstance(key, str) and _normalise_key(key) in _IDENTIFIER_KEYS
 
 
-def redact_patient_identifiers(
-    logger: WrappedLogger, method_name: str, event_dict: EventDict
-) -> EventDict:
+def redact_patient_identifiers(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """Drop identifier fields and scrub known identifier values anywhere in the event.
 
     Key names catch the honest mistake (``log.info("x", patient_id=...)``); the value
@@ -109,9 +107,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     is_tty = stream.isatty()
     use_json = fmt == "json" or (fmt == "auto" and not is_tty)
     renderer: Processor = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=is_tty)
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=is_tty)
     )
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
 

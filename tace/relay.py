@@ -129,9 +129,7 @@ class Relay:
             try:
                 outcome = self.run_once()
             except sa.exc.OperationalError as exc:
-                log.warning(
-                    "relay.database_unavailable", error=str(exc.orig or exc).splitlines()[0]
-                )
+                log.warning("relay.database_unavailable", error=str(exc.orig or exc).splitlines()[0])
                 outcome = RelayPass(broker_errors=1)
             if outcome.idle or outcome.broker_errors:
                 stop.wait(interval_seconds)

@@ -34,9 +34,7 @@ def _config(connection: Connection) -> Config:
 def _serialised(engine: Engine) -> Iterator[Connection]:
     if engine.dialect.name == "sqlite":
         database = engine.url.database
-        lock_path = (
-            Path(f"{database}.migrate-lock") if database and database != ":memory:" else None
-        )
+        lock_path = Path(f"{database}.migrate-lock") if database and database != ":memory:" else None
         if lock_path is None:
             with engine.begin() as connection:
                 yield connection
@@ -50,9 +48,7 @@ def _serialised(engine: Engine) -> Iterator[Connection]:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
         return
     with engine.begin() as connection:
-        connection.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY}
-        )
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
         yield connection
 
 

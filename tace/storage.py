@@ -49,9 +49,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(
-    destination: Path, chunks: bytes | Iterable[bytes], staging_dir: Path
-) -> WrittenFile:
+def atomic_write(destination: Path, chunks: bytes | Iterable[bytes], staging_dir: Path) -> WrittenFile:
     """Write ``chunks`` to ``destination`` so that it exists complete or not at all.
 
     ``staging_dir`` must be on the destination's filesystem (rename is atomic only

@@ -152,8 +152,7 @@ def make_series(spec: SeriesSpec, volume_hu: np.ndarray | None = None) -> list[D
         volume_hu = phantom_hu(spec.slices, spec.rows, spec.columns, seed=spec.seed)
     if volume_hu.shape != (spec.slices, spec.rows, spec.columns):
         raise ValueError(
-            f"volume_hu has shape {volume_hu.shape}, spec asks for "
-            f"{(spec.slices, spec.rows, spec.columns)}"
+            f"volume_hu has shape {volume_hu.shape}, spec asks for {(spec.slices, spec.rows, spec.columns)}"
         )
     if spec.compression not in COMPRESSIONS:
         raise ValueError(f"compression {spec.compression!r} not in {sorted(COMPRESSIONS)}")
@@ -187,9 +186,7 @@ def make_series(spec: SeriesSpec, volume_hu: np.ndarray | None = None) -> list[D
     return datasets
 
 
-def _slice_dataset(
-    spec: SeriesSpec, study_uid: str, series_uid: str, index: int, number: int
-) -> Dataset:
+def _slice_dataset(spec: SeriesSpec, study_uid: str, series_uid: str, index: int, number: int) -> Dataset:
     sop_uid = generate_uid(entropy_srcs=[series_uid, str(index)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -276,9 +273,7 @@ def _encode_with_dcmtk(ds: Dataset) -> None:
     ds["PixelData"].is_undefined_length = True
 
 
-def write_series(
-    spec: SeriesSpec, directory: Path, volume_hu: np.ndarray | None = None
-) -> list[Path]:
+def write_series(spec: SeriesSpec, directory: Path, volume_hu: np.ndarray | None = None) -> list[Path]:
     """Write the series as Part 10 files named by SOP Instance UID, in sending order."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -97,3 +97,14 @@ def ct_series(tmp_path: Path) -> Callable[..., list[Path]]:
         return write_series(SeriesSpec(**spec), target)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo checkpoint made once per test session (32 px, few cases, few epochs)."""
+    from model.workflows import DemoRecipe, make_demo_checkpoint
+
+    path = tmp_path_factory.mktemp("checkpoint") / "demo.safetensors"
+    recipe = DemoRecipe(cases=24, slices=6, size=32, image_size=32, max_slices=8, epochs=3)
+    make_demo_checkpoint(path, recipe=recipe)
+    return path

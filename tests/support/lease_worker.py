@@ -30,9 +30,7 @@ def infer(job_id: int) -> None:
     marker = settings.data_dir / f"running-{job_id}-{lease.attempt}"
     marker.write_text(str(os.getpid()))
     seconds = float(
-        os.environ.get(
-            "TEST_FIRST_ATTEMPT_SECONDS" if lease.attempt == 1 else "TEST_TASK_SECONDS", "0.1"
-        )
+        os.environ.get("TEST_FIRST_ATTEMPT_SECONDS" if lease.attempt == 1 else "TEST_TASK_SECONDS", "0.1")
     )
     with Heartbeat(engine, lease, interval_seconds=settings.job_stall_seconds / 4):
         time.sleep(seconds)

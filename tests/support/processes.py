@@ -15,11 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def tace_env(**settings: object) -> dict[str, str]:
     """The current environment minus inherited TACE_ settings, plus the given ones."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TACE_") or k.startswith("TACE_TEST")
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TACE_") or k.startswith("TACE_TEST")}
     if "TACE_REQUIRE_SERVICES" in os.environ:
         env["TACE_REQUIRE_SERVICES"] = os.environ["TACE_REQUIRE_SERVICES"]
     for key, value in settings.items():

@@ -21,9 +21,7 @@ from typing import TypeVar
 
 import pytest
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_ADMIN_URL = os.environ.get("TACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 T = TypeVar("T")
 
 REDIS_URL = os.environ.get("TACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

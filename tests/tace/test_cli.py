@@ -44,9 +44,7 @@ def tace(*args: str, **settings: object) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_command() -> None:
     result = tace("--help")
     assert result.returncode == 0
-    listed = {
-        line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()
-    }
+    listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()}
     assert set(COMMANDS) <= listed
 
 
@@ -55,8 +53,9 @@ def test_help_lists_every_command() -> None:
     [
         ("jobs", ["list", "show", "replay"]),
         ("labs", ["import", "show"]),
-        ("model", ["demo", "info"]),
+        ("model", ["demo", "info", "cohort"]),
         ("db", ["upgrade"]),
+        ("bench", ["model"]),
     ],
 )
 def test_every_group_and_subcommand_has_help(group: str, subcommands: list[str]) -> None:
@@ -88,9 +87,7 @@ def test_jobs_list_and_show(data_dir: Path, sqlite_engine: Engine) -> None:
     assert jobs[failed]["error"] == "volume: mixed orientation"
     assert jobs[queued]["state"] == "received"
 
-    only_failed = json.loads(
-        tace("jobs", "list", "--state", "failed", "--json", data_dir=data_dir).stdout
-    )
+    only_failed = json.loads(tace("jobs", "list", "--state", "failed", "--json", data_dir=data_dir).stdout)
     assert [job["id"] for job in only_failed] == [failed]
 
     table = tace("jobs", "list", data_dir=data_dir)
@@ -111,6 +108,6 @@ def test_jobs_errors(data_dir: Path, sqlite_engine: Engine) -> None:
 
 
 def test_commands_not_built_yet_say_so_and_exit_2() -> None:
-    result = tace("train", "manifest.csv")
+    result = tace("predict", "series/")
     assert result.returncode == 2
-    assert result.stderr.strip() == "tace: error: `train` is not available yet in this version"
+    assert result.stderr.strip() == "tace: error: `predict` is not available yet in this version"

@@ -150,9 +150,7 @@ def test_heartbeat_thread_keeps_the_lease_and_reports_loss(engine: Engine) -> No
         assert not beat.lost.is_set()
         assert _job(engine, job_id).heartbeat_at > before
         with session_scope(engine) as session:
-            session.execute(
-                sa.update(Job).where(col(Job.id) == job_id).values(lease="someone-else")
-            )
+            session.execute(sa.update(Job).where(col(Job.id) == job_id).values(lease="someone-else"))
         assert beat.lost.wait(2)
 
 

@@ -63,9 +63,7 @@ def test_protected_values_are_scrubbed_from_free_text_and_stdlib_loggers(capture
 
 
 def test_hl7_pid_segments_are_scrubbed(captured: _Pipe) -> None:
-    get_logger("test").warning(
-        "unparsed", raw="MSH|^~\\&|LAB\rPID|1||12345^^^HOSP^MR||Roe^Richard\rOBX|1"
-    )
+    get_logger("test").warning("unparsed", raw="MSH|^~\\&|LAB\rPID|1||12345^^^HOSP^MR||Roe^Richard\rOBX|1")
     output = captured.getvalue()
     assert "Roe^Richard" not in output and "12345" not in output
     assert "OBX|1" in output

@@ -32,13 +32,9 @@ def test_environment_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) 
     assert settings.allowed_calling_aets == ["CT1", "CT2"]
 
 
-def test_toml_file_is_read_and_environment_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_toml_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "tace.toml"
-    config.write_text(
-        'ae_title = "GATEWAY"\ndicom_port = 11113\ndestinations = ["PACS@10.0.0.5:104"]\n'
-    )
+    config.write_text('ae_title = "GATEWAY"\ndicom_port = 11113\ndestinations = ["PACS@10.0.0.5:104"]\n')
     monkeypatch.setenv("TACE_DICOM_PORT", "11114")
     settings = load_settings(config)
     assert settings.ae_title == "GATEWAY"

@@ -30,9 +30,7 @@ def test_every_encoding_decodes_to_the_planted_hu(compression: str, signed: bool
     )
     volume = phantom_hu(2, 64, 64, seed=3)
     datasets = make_series(spec, volume)
-    assert [str(ds.file_meta.TransferSyntaxUID) for ds in datasets] == [
-        COMPRESSIONS[compression]
-    ] * 2
+    assert [str(ds.file_meta.TransferSyntaxUID) for ds in datasets] == [COMPRESSIONS[compression]] * 2
     for index, ds in enumerate(datasets):
         assert ds.PixelRepresentation == int(signed)
         expected = np.clip(
@@ -61,9 +59,7 @@ def test_oblique_positions_follow_the_normal_and_instance_numbers_are_shuffled(
     )
     datasets = make_series(spec)
     normal = np.cross(np.array(orientation[:3]), np.array(orientation[3:]))
-    by_position = sorted(
-        datasets, key=lambda ds: float(np.array(ds.ImagePositionPatient, float) @ normal)
-    )
+    by_position = sorted(datasets, key=lambda ds: float(np.array(ds.ImagePositionPatient, float) @ normal))
     gaps = np.diff([float(np.array(ds.ImagePositionPatient, float) @ normal) for ds in by_position])
     np.testing.assert_allclose(gaps, 3.0, atol=1e-4)
     numbers_in_position_order = [int(ds.InstanceNumber) for ds in by_position]

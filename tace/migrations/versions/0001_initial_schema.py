@@ -45,12 +45,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("labobservation", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_labobservation_feature"), ["feature"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_labobservation_observed_at"), ["observed_at"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_labobservation_patient_hash"), ["patient_hash"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_labobservation_observed_at"), ["observed_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_labobservation_patient_hash"), ["patient_hash"], unique=False)
 
     op.create_table(
         "study",
@@ -70,9 +66,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("study", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_study_patient_hash"), ["patient_hash"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_study_study_instance_uid"), ["study_instance_uid"], unique=True
-        )
+        batch_op.create_index(batch_op.f("ix_study_study_instance_uid"), ["study_instance_uid"], unique=True)
 
     op.create_table(
         "series",
@@ -138,9 +132,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("instance", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_instance_series_id"), ["series_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_instance_sop_instance_uid"), ["sop_instance_uid"], unique=True
-        )
+        batch_op.create_index(batch_op.f("ix_instance_sop_instance_uid"), ["sop_instance_uid"], unique=True)
 
     op.create_table(
         "job",

@@ -1,0 +1,107 @@
+"""Throughput of the CLDCA forward against a bare ResNet-50 on the same device and inputs.
+
+The backbone dominates CLDCA's cost, so the ratio says how much the LSTM,
+attention and clinical branches (and the per-series bookkeeping) cost on top.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from model.config import CLDCAConfig
+from model.device import inference_precision
+from model.network import CLDCA
+from model.resnet import ResNet50
+
+
+@dataclass(frozen=True)
+class Measurement:
+    mode: str
+    batch_slices: int
+    slices_per_second: float
+    series_per_second: float
+
+
+def _rate(step: Callable[[], object], device: torch.device, seconds: float) -> float:
+    """Calls per second of ``step`` after warm-up, synchronising the GPU around the clock."""
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    calls, start = 0, time.perf_counter()
+    while True:
+        step()
+        calls += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and calls >= 3:
+            return calls / elapsed
+
+
+def _forward(
+    module: Callable[..., object], device: torch.device, bf16: bool, *inputs: torch.Tensor
+) -> Callable[[], object]:
+    def step() -> object:
+        with inference_precision(device, bf16):
+            return module(*inputs)
+
+    return step
+
+
+def _modes(device: torch.device) -> list[tuple[str, bool, bool]]:
+    if device.type == "cuda":
+        return [("fp32", False, False), ("bf16", True, False), ("bf16+compile", True, True)]
+    return [("fp32", False, False)]
+
+
+def run_model_benchmark(
+    device: torch.device,
+    *,
+    slices_per_series: int = 32,
+    image_size: int = 224,
+    seconds: float = 3.0,
+    batch_sizes: list[int] | None = None,
+) -> Iterator[str]:
+    """Lines of a table; the last line per batch size is the CLDCA / ResNet-50 ratio."""
+    if batch_sizes is None:
+        batch_sizes = [32, 64, 128, 256, 512] if device.type == "cuda" else [slices_per_series]
+    torch.manual_seed(0)
+    cldca = CLDCA(CLDCAConfig()).eval().to(device)
+    bare = ResNet50().eval().to(device)
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    yield f"device: {device_name}; {slices_per_series} slices per series, {image_size}x{image_size}"
+    yield (
+        f"{'mode':<14} {'batch':>6} {'ResNet-50 sl/s':>15} {'CLDCA sl/s':>12} "
+        f"{'CLDCA series/s':>15} {'ratio':>6}"
+    )
+    for mode, bf16, compiled in _modes(device):
+        resnet_forward = torch.compile(bare) if compiled else bare
+        backbone_before = cldca.backbone
+        if compiled:
+            cldca.backbone = torch.compile(cldca.backbone)  # type: ignore[assignment]
+        for batch in batch_sizes:
+            series = max(batch // slices_per_series, 1)
+            per_series = batch // series
+            images = torch.rand(series * per_series, 3, image_size, image_size, device=device)
+            slices = images.view(series, per_series, 3, image_size, image_size)
+            lengths = torch.full((series,), per_series, device=device)
+            clinical = torch.rand(series, cldca.config.clinical_width, device=device)
+
+            bare_rate = _rate(_forward(resnet_forward, device, bf16, images), device, seconds)
+            cldca_rate = _rate(_forward(cldca, device, bf16, slices, lengths, clinical), device, seconds)
+            bare_rate *= images.shape[0]
+            cldca_rate *= images.shape[0]
+            yield (
+                f"{mode:<14} {images.shape[0]:>6} {bare_rate:>15,.1f} {cldca_rate:>12,.1f} "
+                f"{cldca_rate / per_series:>15,.2f} {cldca_rate / bare_rate:>6.2f}"
+            )
+        cldca.backbone = backbone_before

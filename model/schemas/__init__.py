@@ -1,0 +1,1 @@
+"""Shipped clinical feature schemas (YAML)."""

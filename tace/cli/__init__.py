@@ -1,0 +1,40 @@
+"""The one command line, ``tace``: it wires the packages together.
+
+This is the only part of the kernel allowed to import the feature packages, and
+it imports them inside the commands that need them, so ``tace listen`` never
+loads torch and ``tace --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tace.cli import jobs, modelcmd, ops
+from tace.cli.base import app, jobs_app, labs_app, pending
+
+for _app, _name, _summary in (
+    (app, "up", "Start everything on one machine with embedded defaults."),
+    (app, "listen", "Run the DICOM listener (C-STORE SCP) and the relay."),
+    (app, "hl7", "Run the HL7 v2 MLLP listener for lab results."),
+    (app, "worker", "Run a worker that turns series into SRs."),
+    (app, "api", "Run the admin API and web page."),
+    (app, "predict", "Predict one series folder without services."),
+    (jobs_app, "jobs replay", "Re-run jobs from a stage."),
+    (labs_app, "labs import", "Import clinical values from a CSV file."),
+    (labs_app, "labs show", "Show a patient's clinical features at a date."),
+):
+    pending(_app, _name, _summary)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point; ``args`` lets tests run the CLI in-process."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="tace", standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["app", "jobs", "main", "modelcmd", "ops"]

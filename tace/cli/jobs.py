@@ -1,0 +1,92 @@
+"""`tace jobs`: what administrators look at when a case did not arrive."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from tace.cli.base import EXIT_NOT_FOUND, fail, jobs_app, print_json, runtime_of, short_time
+
+
+@jobs_app.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state (e.g. failed, queued).")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Only jobs updated at or after this time.")] = None,
+    patient_hash: Annotated[str | None, typer.Option(help="Only this patient's jobs.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List jobs, newest first."""
+    from tace.admin import list_jobs
+    from tace.db import JobState, session_scope
+
+    wanted: JobState | None = None
+    if state is not None:
+        try:
+            wanted = JobState(state)
+        except ValueError:
+            fail(f"unknown state {state!r}; states: {', '.join(s.value for s in JobState)}")
+    if since is not None and since.tzinfo is None:
+        since = since.astimezone()
+    with session_scope(runtime_of(ctx).engine()) as session:
+        jobs = list_jobs(session, state=wanted, since=since, patient_hash=patient_hash, limit=limit)
+    if as_json:
+        print_json(jobs)
+        return
+    if not jobs:
+        typer.echo("no jobs")
+        return
+    typer.echo(f"{'ID':>6}  {'STATE':<17} {'STAGE':<6} {'TRY':>3}  {'UPDATED':<19}  SERIES")
+    for job in jobs:
+        line = (
+            f"{job.id:>6}  {job.state:<17} {job.stage:<6} {job.attempts:>3}  "
+            f"{short_time(job.updated_at):<19}  {job.series_instance_uid}"
+        )
+        if job.error:
+            line += f"  ({job.error})"
+        typer.echo(line)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    ctx: typer.Context,
+    job_id: Annotated[int, typer.Argument(help="Job id, as in `tace jobs list`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show one job: its series, timeline, error and prediction."""
+    from tace.admin import job_detail
+    from tace.db import session_scope
+
+    with session_scope(runtime_of(ctx).engine()) as session:
+        detail = job_detail(session, job_id)
+    if detail is None:
+        fail(f"no job {job_id}", EXIT_NOT_FOUND)
+    if as_json:
+        print_json(detail)
+        return
+    job = detail.job
+    typer.echo(f"job {job.id}  {job.state} (stage {job.stage}, generation {job.generation})")
+    typer.echo(
+        f"  series   {job.series_instance_uid} ({detail.modality or '?'}, {detail.instance_count} instances)"
+    )
+    typer.echo(f"  study    {detail.study_instance_uid}")
+    typer.echo(f"  patient  {job.patient_hash}")
+    typer.echo(f"  attempts {job.attempts}, published {detail.publish_count} time(s)")
+    if job.error:
+        typer.echo(f"  error    {job.error}")
+    if detail.superseded_by_id:
+        typer.echo(f"  superseded by job {detail.superseded_by_id}")
+    typer.echo("  timeline")
+    for event in detail.events:
+        suffix = f"  {event.detail}" if event.detail else ""
+        typer.echo(f"    {short_time(event.at)}  {event.state:<17} {event.stage:<6}{suffix}")
+    if detail.prediction:
+        p = detail.prediction
+        typer.echo(
+            f"  prediction {p['label']} (p={p['probability']:.3f}) by {p['model_name']} {p['model_version']}"
+        )
+        if p.get("sr_sop_instance_uid"):
+            typer.echo(f"  SR       {p['sr_sop_instance_uid']}")

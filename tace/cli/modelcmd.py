@@ -1,0 +1,281 @@
+"""Model commands: `tace train`, `tace evaluate`, `tace model demo|info`, `tace bench model`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tace.cli.base import app, bench_app, fail, model_app, print_json, runtime_of
+
+Manifest = Annotated[Path, typer.Argument(help="CSV: case_id, label, volume, then one column per feature.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for the report, plots and checkpoint.")]
+Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda (default TACE_DEVICE).")]
+
+
+def _model_errors() -> tuple[type[Exception], ...]:
+    from model.checkpoint import CheckpointError
+    from model.data import ManifestError
+    from model.device import DeviceError
+    from model.resnet import BackboneWeightsError
+    from model.schema import SchemaError
+
+    return (
+        CheckpointError,
+        ManifestError,
+        DeviceError,
+        BackboneWeightsError,
+        SchemaError,
+        ValueError,
+    )
+
+
+def _volume_loader() -> Any:
+    from model.data import default_loader
+    from worker.volume import read_series_folder
+
+    return default_loader(read_series_folder)
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    manifest: Manifest,
+    out: Out,
+    variant: Annotated[str, typer.Option(help="full or an ablation (see --ablations).")] = "full",
+    ablations: Annotated[
+        bool, typer.Option(help="Cross-validate every ablation and write the table.")
+    ] = False,
+    folds: Annotated[int, typer.Option(help="Stratified cross-validation folds.")] = 5,
+    epochs: Annotated[int, typer.Option()] = 40,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-4,
+    seed: Annotated[int, typer.Option()] = 0,
+    freeze_backbone: Annotated[
+        bool,
+        typer.Option(help="Keep ResNet-50 fixed and cache its slice features (practical on CPU)."),
+    ] = True,
+    backbone_weights: Annotated[
+        Path | None,
+        typer.Option(help="torchvision ResNet-50 ImageNet state dict (.pth or .safetensors)."),
+    ] = None,
+    image_size: Annotated[int, typer.Option()] = 224,
+    max_slices: Annotated[int | None, typer.Option(help="Evenly subsample longer series.")] = None,
+    window_center: Annotated[float, typer.Option()] = 60.0,
+    window_width: Annotated[float, typer.Option()] = 400.0,
+    feed_missing_mask: Annotated[bool, typer.Option(help="Give the network the missing-value mask.")] = False,
+    schema: Annotated[
+        Path | None, typer.Option(help="Feature schema YAML (default: the paper's 43).")
+    ] = None,
+    version: Annotated[str, typer.Option(help="Version recorded in the checkpoint and the SRs.")] = "1",
+    cache_dir: Annotated[Path | None, typer.Option(help="Keep backbone features here between runs.")] = None,
+    device: Device = None,
+) -> None:
+    """Train CLDCA with stratified k-fold cross-validation, then fit the final model on all cases."""
+    from model.config import CLDCAConfig, PreprocessConfig, Variant
+    from model.schema import FeatureSchema
+    from model.training import TrainSettings
+    from model.workflows import train_from_manifest
+    from tace.cli.progress import progress_bars
+
+    device = device or runtime_of(ctx).settings.device
+    try:
+        feature_schema = FeatureSchema.load(schema)
+        config = CLDCAConfig(
+            variant=Variant(variant),
+            freeze_backbone=freeze_backbone,
+            feed_missing_mask=feed_missing_mask,
+            clinical_inputs=len(feature_schema.columns),
+        )
+        preprocess = PreprocessConfig(window_center, window_width, image_size, max_slices)
+        settings = TrainSettings(epochs, batch_size, learning_rate, folds=folds, seed=seed)
+        with progress_bars() as report:
+            outcome = train_from_manifest(
+                manifest,
+                out,
+                loader=_volume_loader(),
+                config=config,
+                preprocess=preprocess,
+                settings=settings,
+                schema=feature_schema,
+                backbone_weights=backbone_weights,
+                ablations=ablations,
+                device=device,
+                version=version,
+                cache_dir=cache_dir,
+                progress=report,
+            )
+    except _model_errors() as exc:
+        fail(str(exc))
+    for result in outcome.results:
+        auc = result.summary()["auc"]
+        typer.echo(
+            f"{result.variant}: AUC {auc['mean']:.3f} ± {auc['sd']:.3f} over {len(result.folds)} folds"
+        )
+    typer.echo(f"report: {outcome.report_dir / 'report.md'}")
+    typer.echo(f"checkpoint: {outcome.checkpoint} (sha256 {outcome.checkpoint_sha256[:16]})")
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.")],
+    manifest: Manifest,
+    out: Out,
+    device: Device = None,
+) -> None:
+    """Evaluate a checkpoint on a labelled manifest: metrics, ROC and calibration plots."""
+    from model.workflows import evaluate_checkpoint
+    from tace.cli.progress import progress_bars
+
+    device = device or runtime_of(ctx).settings.device
+    try:
+        with progress_bars() as report:
+            metrics = evaluate_checkpoint(
+                checkpoint, manifest, out, loader=_volume_loader(), device=device, progress=report
+            )
+    except _model_errors() as exc:
+        fail(str(exc))
+    typer.echo(
+        f"AUC {metrics['auc']:.3f}, accuracy {metrics['accuracy']:.3f}, "
+        f"precision {metrics['precision']:.3f}, "
+        f"recall {metrics['recall']:.3f} on {metrics['n']} cases"
+    )
+    typer.echo(f"report: {out / 'evaluation.md'}")
+
+
+@model_app.command("demo")
+def model_demo(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Where to write the demo checkpoint (.safetensors).")],
+    backbone_weights: Annotated[
+        Path | None, typer.Option(help="torchvision ResNet-50 ImageNet state dict to start from.")
+    ] = None,
+    cases: Annotated[int, typer.Option(help="Synthetic cases to train on.")] = 128,
+    epochs: Annotated[int, typer.Option()] = 60,
+    image_size: Annotated[int, typer.Option()] = 128,
+) -> None:
+    """Write a demo checkpoint trained quickly on synthetic data (flagged demo: true everywhere)."""
+    from model.workflows import DemoRecipe, make_demo_checkpoint
+    from tace.cli.progress import progress_bars
+
+    runtime_of(ctx).configure()
+    try:
+        recipe = DemoRecipe(cases=cases, epochs=epochs, image_size=image_size, size=max(image_size, 32))
+        with progress_bars() as report:
+            path, meta = make_demo_checkpoint(
+                out, backbone_weights=backbone_weights, recipe=recipe, progress=report
+            )
+    except _model_errors() as exc:
+        fail(str(exc))
+    held_out = meta.metrics["held_out"]
+    typer.echo(
+        f"demo checkpoint {path}: held-out AUC {held_out['auc']:.3f} on {held_out['n']} synthetic cases"
+    )
+    typer.echo("DEMO weights trained on synthetic data: research use only, no clinical meaning.")
+
+
+@model_app.command("cohort")
+def model_cohort(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="Folder for manifest.csv and volumes/.")],
+    cases: Annotated[int, typer.Option()] = 160,
+    slices: Annotated[int, typer.Option()] = 8,
+    size: Annotated[int, typer.Option(help="Rows and columns of each volume.")] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    distractors: Annotated[bool, typer.Option(help="Random values for the unplanted features.")] = True,
+) -> None:
+    """Write a synthetic cohort (planted signal in CT and labs) to try `tace train` on."""
+    from model.synthetic import make_cohort, write_cohort
+
+    runtime_of(ctx).configure()
+    cohort = make_cohort(cases, seed=seed, slices=slices, size=size, distractors=distractors)
+    manifest = write_cohort(cohort, out)
+    controls = sum(c.label for c in cohort)
+    typer.echo(
+        f"{manifest}: {cases} synthetic cases ({controls} disease control, {cases - controls} progressive)"
+    )
+
+
+def checkpoint_info(path: Path) -> dict[str, Any]:
+    from model.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    meta = loaded.meta
+    return {
+        "path": str(path),
+        "sha256": loaded.sha256,
+        "model_name": meta.model_name,
+        "version": meta.version,
+        "demo": meta.demo,
+        "created_at": meta.created_at,
+        "variant": meta.config.variant.value,
+        "config": meta.config.to_dict(),
+        "preprocess": meta.preprocess.to_dict(),
+        "schema": {
+            "name": meta.schema.name,
+            "version": meta.schema.version,
+            "features": len(meta.schema.features),
+        },
+        "parameters": loaded.model.parameter_counts(),
+        "metrics": meta.metrics,
+        "training": meta.training,
+    }
+
+
+@model_app.command("info")
+def model_info(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show a checkpoint's metadata, metrics and parameter counts per branch."""
+    try:
+        info = checkpoint_info(checkpoint)
+    except _model_errors() as exc:
+        fail(str(exc))
+    if as_json:
+        print_json(info)
+        return
+    flag = "  [DEMO - synthetic training data]" if info["demo"] else ""
+    typer.echo(f"{info['model_name']} {info['version']} ({info['variant']}){flag}")
+    typer.echo(f"  file      {info['path']}")
+    typer.echo(f"  sha256    {info['sha256']}")
+    typer.echo(f"  created   {info['created_at']}")
+    typer.echo(f"  schema    {info['schema']['name']} ({info['schema']['features']} features)")
+    pre = info["preprocess"]
+    typer.echo(
+        f"  input     window {pre['window_center']}/{pre['window_width']} HU, {pre['image_size']} px, "
+        f"max slices {pre['max_slices'] or 'all'}"
+    )
+    typer.echo("  parameters")
+    for name, count in info["parameters"].items():
+        typer.echo(f"    {name:<20} {count:>12,}")
+    if info["metrics"]:
+        typer.echo(f"  metrics   {json.dumps(info['metrics'])}")
+
+
+@bench_app.command("model")
+def bench_model(
+    ctx: typer.Context,
+    device: Device = None,
+    slices: Annotated[int, typer.Option(help="Slices per series.")] = 32,
+    image_size: Annotated[int, typer.Option()] = 224,
+    seconds: Annotated[float, typer.Option(help="Measuring time per configuration.")] = 3.0,
+    batches: Annotated[str | None, typer.Option(help="Comma-separated slice batch sizes.")] = None,
+) -> None:
+    """Slices/s of the full CLDCA forward and of a bare ResNet-50, and their ratio."""
+    from model.bench import run_model_benchmark
+    from model.device import resolve_device
+
+    try:
+        target = resolve_device(device or runtime_of(ctx).settings.device)
+    except _model_errors() as exc:
+        fail(str(exc))
+    sizes = [int(b) for b in batches.split(",")] if batches else None
+    for line in run_model_benchmark(
+        target, slices_per_series=slices, image_size=image_size, seconds=seconds, batch_sizes=sizes
+    ):
+        typer.echo(line)
