@@ -114,7 +114,7 @@ def read_state_file(path: Path) -> dict[str, Tensor]:
 
             return load_file(str(path))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure is one message
         raise BackboneWeightsError(f"{path}: not a readable weight file ({exc.__class__.__name__})") from None
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]

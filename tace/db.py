@@ -141,12 +141,53 @@ class Instance(SQLModel, table=True):
     sop_class_uid: str = Field(max_length=64)
     series_id: int = Field(foreign_key="series.id", index=True)
     instance_number: int | None = None
+    image_type: str | None = Field(default=None, max_length=200)
+    plane: str | None = Field(default=None, max_length=16)
+    frames: int = 1
     transfer_syntax_uid: str = Field(max_length=64)
     path: str = Field(description="relative to the data dir")
     size: int = Field(sa_type=sa.BigInteger)
     sha256: str = Field(max_length=64)
     calling_ae: str | None = Field(default=None, max_length=16)
     received_at: datetime = _created_column()
+
+
+class AssociationOutcome(enum.StrEnum):
+    open = "open"
+    released = "released"
+    aborted = "aborted"
+    rejected = "rejected"
+
+
+class Association(SQLModel, table=True):
+    """Every DICOM association, accepted or not: who sent what, and how it ended."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    listener: str = Field(max_length=128, index=True, description="host:pid of the receiving process")
+    peer_host: str = Field(max_length=64)
+    peer_port: int | None = None
+    calling_ae: str | None = Field(default=None, max_length=16)
+    called_ae: str | None = Field(default=None, max_length=16)
+    tls: bool = False
+    outcome: AssociationOutcome = Field(
+        default=AssociationOutcome.open, sa_type=_enum_type(AssociationOutcome), index=True
+    )
+    reason: str | None = None
+    instances_stored: int = 0
+    instances_discarded: int = 0
+    instances_failed: int = 0
+    bytes_received: int = Field(default=0, sa_type=sa.BigInteger)
+    discarded_by_class: dict[str, int] | None = _json_column()
+    started_at: datetime = _created_column()
+    ended_at: datetime | None = _utc_column(index=True)
+
+
+class SeriesAssociation(SQLModel, table=True):
+    """Which associations carried which series: completion waits for all of them to end."""
+
+    series_id: int = Field(foreign_key="series.id", primary_key=True)
+    association_id: int = Field(foreign_key="association.id", primary_key=True, index=True)
+    first_at: datetime = _created_column()
 
 
 class Job(SQLModel, table=True):

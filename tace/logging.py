@@ -138,7 +138,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
 
 
 def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.BoundLogger:
-    return structlog.stdlib.get_logger(name).bind(**initial)
+    """A lazy logger: safe at import time, it renders with whatever configure_logging set later."""
+    return structlog.stdlib.get_logger(name, **initial)
 
 
 @contextmanager

@@ -50,8 +50,11 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
 
 def make_celery(settings: Settings) -> Celery:
     """The Celery app every process shares; workers register tasks on it by name."""
-    app = Celery("tace", broker=settings.broker_url, set_as_current=False)
     serverless = settings.broker_url.startswith(("filesystem://", "memory://"))
+    broker = (
+        "filesystem://localhost/" if settings.broker_url.startswith("filesystem://") else settings.broker_url
+    )
+    app = Celery("tace", broker=broker, set_as_current=False)
     app.conf.update(
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,

@@ -8,6 +8,7 @@ embedded defaults that let ``tace up`` run on a laptop with no server installed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from contextvars import ContextVar
@@ -29,6 +30,7 @@ _config_file: ContextVar[Path | None] = ContextVar("tace_config_file", default=N
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(Exception):
@@ -94,6 +96,21 @@ class Settings(BaseSettings):
     api_port: Port = 8080
     bind_host: str = "0.0.0.0"
 
+    dicom_max_associations: int = Field(default=16, ge=1, le=1000)
+    dicom_max_pdu: int = Field(default=262144, ge=0)
+    dicom_acse_timeout: float = Field(default=30.0, gt=0)
+    dicom_dimse_timeout: float = Field(default=60.0, gt=0)
+    dicom_network_timeout: float = Field(default=120.0, gt=0)
+    allowed_peer_networks: Annotated[list[Network], NoDecode] = Field(default_factory=list)
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
+    dicom_tls_require_client_cert: bool = False
+    listener_processes: int = Field(default=1, ge=1, le=64)
+    min_free_bytes: int = Field(default=2 * 1024**3, ge=0)
+    min_slices: int = Field(default=16, ge=1)
+    series_description_pattern: str | None = None
+
     model_checkpoint: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -125,6 +142,26 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_aets(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v, "calling AE title") for v in value]
+
+    @field_validator("allowed_peer_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        items = _split_list(value)
+        if isinstance(items, list):
+            return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in items]
+        return items
+
+    @field_validator("series_description_pattern", mode="after")
+    @classmethod
+    def _valid_pattern(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(
+                    f"series description pattern {value!r} is not a regular expression: {exc}"
+                ) from None
+        return value or None
 
     @field_validator("destinations", mode="before")
     @classmethod

@@ -63,7 +63,7 @@ def _describe_orientation(key: tuple[float, ...]) -> str:
 def _read(path: Path) -> Dataset:
     try:
         return pydicom.dcmread(path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the parser raises many types on bad files
         raise VolumeError(
             f"{path.name}: not a readable DICOM file ({exc.__class__.__name__}: {exc})"
         ) from None
@@ -73,7 +73,7 @@ def _hu_slice(ds: Dataset) -> np.ndarray:
     """Stored values -> HU with this slice's own rescale; padding becomes air."""
     try:
         stored = ds.pixel_array
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - decoder errors vary by plugin
         raise VolumeError(
             f"instance {ds.SOPInstanceUID}: pixel data cannot be decoded "
             f"({ds.file_meta.TransferSyntaxUID.name}: {exc})"

@@ -11,12 +11,11 @@ import sys
 
 import typer
 
-from tace.cli import jobs, modelcmd, ops
+from tace.cli import jobs, modelcmd, ops, services
 from tace.cli.base import app, jobs_app, labs_app, pending
 
 for _app, _name, _summary in (
     (app, "up", "Start everything on one machine with embedded defaults."),
-    (app, "listen", "Run the DICOM listener (C-STORE SCP) and the relay."),
     (app, "hl7", "Run the HL7 v2 MLLP listener for lab results."),
     (app, "worker", "Run a worker that turns series into SRs."),
     (app, "api", "Run the admin API and web page."),
@@ -37,4 +36,4 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(130)
 
 
-__all__ = ["app", "jobs", "main", "modelcmd", "ops"]
+__all__ = ["app", "jobs", "main", "modelcmd", "ops", "services"]

@@ -88,3 +88,14 @@ def test_cli_reports_unreachable_database_in_one_line(data_dir: Path) -> None:
         "tace: error: database postgresql+psycopg://nobody@127.0.0.1:1/none is unreachable"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from tace.db import metadata
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []

@@ -86,3 +86,12 @@ def test_patient_hash_is_keyed_and_stable(tmp_path) -> None:
     assert first != phi.patient_hash("MRN884211", "OTHER")
     assert "MRN884211" not in first and len(first) == 16
     assert (tmp_path / "patient-hash.key").stat().st_mode & 0o077 == 0
+
+
+def test_loggers_created_before_configuration_follow_it() -> None:
+    early = get_logger("module.level")
+    stream = _Pipe()
+    configure_logging("info", "auto", stream=stream)
+    early.info("late.configured", job_id=3)
+    (line,) = _lines(stream)
+    assert line["event"] == "late.configured" and line["job_id"] == 3

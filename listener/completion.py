@@ -1,0 +1,186 @@
+"""Deciding that a series is complete, and queueing its job in the same transaction.
+
+DICOM has no "end of series" message. A series is complete when no instance
+arrived for ``series_quiet_seconds``, or ``release_grace_seconds`` after every
+association that carried it ended and the last to carry an instance was
+*released*. An aborted association (a sender or listener that died) means the
+sender will probably resend, so only the quiet timer completes such a series.
+Completion state lives in the database, so a restarted listener picks up where
+the old one stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from listener.eligibility import EligibilityRules, ineligibility
+from tace.db import Association, AssociationOutcome, Series, SeriesAssociation, SeriesState, utcnow
+from tace.jobs import create_job
+from tace.logging import get_logger, unit_of_work
+
+log = get_logger("tace.listener.completion")
+
+
+@dataclass(frozen=True)
+class CompletionPolicy:
+    quiet_seconds: float
+    grace_seconds: float
+    rules: EligibilityRules
+
+
+@dataclass
+class ScanResult:
+    completed: int = 0
+    ineligible: int = 0
+
+
+def _candidates(engine: Engine, policy: CompletionPolicy, now: datetime) -> list[tuple[int, datetime]]:
+    series, link, assoc = Series.__table__, SeriesAssociation.__table__, Association.__table__
+    open_links = (
+        sa.select(sa.func.count())
+        .select_from(link.join(assoc, assoc.c.id == link.c.association_id))
+        .where(link.c.series_id == series.c.id, assoc.c.ended_at.is_(None))
+        .scalar_subquery()
+    )
+    last_release = (
+        sa.select(sa.func.max(assoc.c.ended_at))
+        .select_from(link.join(assoc, assoc.c.id == link.c.association_id))
+        .where(link.c.series_id == series.c.id, assoc.c.outcome == AssociationOutcome.released)
+        .scalar_subquery()
+    )
+    quiet = series.c.last_received_at <= now - timedelta(seconds=policy.quiet_seconds)
+    released = sa.and_(
+        open_links == 0,
+        last_release.is_not(None),
+        last_release >= series.c.last_received_at,
+        last_release <= now - timedelta(seconds=policy.grace_seconds),
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(series.c.id, series.c.last_received_at).where(
+                series.c.state == SeriesState.receiving,
+                series.c.last_received_at.is_not(None),
+                sa.or_(quiet, released),
+            )
+        ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def complete_series(
+    engine: Engine, series_id: int, seen_last: datetime, policy: CompletionPolicy
+) -> str | None:
+    """Complete one series (and create its job) unless an instance arrived meanwhile.
+
+    Returns "complete", "ineligible", or None when another scanner or a new
+    instance got there first. The compare-and-set on ``last_received_at`` makes
+    concurrent scanners and late instances safe.
+    """
+    table = Series.__table__
+    with Session(engine) as session, session.begin():
+        connection = session.connection()
+        row = connection.execute(
+            sa.select(
+                table.c.modality, table.c.series_description, table.c.generation, table.c.series_instance_uid
+            )
+            .where(table.c.id == series_id, table.c.state == SeriesState.receiving)
+            .with_for_update()
+        ).first()
+        if row is None:
+            return None
+        reason = ineligibility(connection, series_id, row.modality, row.series_description, policy.rules)
+        now = utcnow()
+        values: dict[str, object] = {"completed_at": now}
+        if reason is None:
+            values.update(state=SeriesState.complete, generation=row.generation + 1, ineligible_reason=None)
+        else:
+            values.update(state=SeriesState.ineligible, ineligible_reason=reason)
+        updated = connection.execute(
+            table.update()
+            .where(
+                table.c.id == series_id,
+                table.c.state == SeriesState.receiving,
+                table.c.last_received_at == seen_last,
+            )
+            .values(**values)
+        )
+        if updated.rowcount != 1:
+            return None
+        with unit_of_work(series=row.series_instance_uid, series_id=series_id):
+            if reason is not None:
+                log.info("series.ineligible", reason=reason)
+                return "ineligible"
+            job = create_job(session, series_id, row.generation + 1, detail="series complete")
+            log.info("series.complete", generation=row.generation + 1, job_id=job.id)
+            return "complete"
+
+
+def scan(engine: Engine, policy: CompletionPolicy) -> ScanResult:
+    result = ScanResult()
+    for series_id, seen_last in _candidates(engine, policy, utcnow()):
+        outcome = complete_series(engine, series_id, seen_last, policy)
+        if outcome == "complete":
+            result.completed += 1
+        elif outcome == "ineligible":
+            result.ineligible += 1
+    return result
+
+
+def run_scanner(
+    engine: Engine, policy: CompletionPolicy, stop: threading.Event, interval: float = 0.5
+) -> None:
+    while not stop.is_set():
+        try:
+            scan(engine, policy)
+        except sa.exc.OperationalError as exc:
+            log.warning("completion.database_unavailable", error=str(exc.orig or exc).splitlines()[0])
+        stop.wait(interval)
+
+
+def listener_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_orphaned_associations(engine: Engine) -> int:
+    """Associations left open by a listener process of this host that no longer runs.
+
+    Their series then complete after the grace period instead of waiting for the
+    quiet timeout; a killed listener loses nothing that it acknowledged.
+    """
+    table = Association.__table__
+    host = socket.gethostname()
+    with engine.begin() as connection:
+        rows = connection.execute(
+            sa.select(table.c.id, table.c.listener).where(
+                table.c.ended_at.is_(None), table.c.listener.like(f"{host}:%")
+            )
+        ).all()
+        dead = [row.id for row in rows if not _alive(int(row.listener.rsplit(":", 1)[1]))]
+        if dead:
+            connection.execute(
+                table.update()
+                .where(table.c.id.in_(dead))
+                .values(
+                    ended_at=utcnow(), outcome=AssociationOutcome.aborted, reason="listener process ended"
+                )
+            )
+    if dead:
+        log.warning("associations.orphaned_closed", count=len(dead))
+    return len(dead)

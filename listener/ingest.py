@@ -1,0 +1,339 @@
+"""One received instance -> durable file + committed rows -> a DIMSE status.
+
+The order is the durability contract: the received bytes (never decoded and
+re-encoded) are fsynced, renamed into ``dicom/<study>/<series>/<sop>.dcm`` and
+the directory fsynced; then the Study, Series, Instance rows commit; only then
+does the sender hear 0x0000. A disk or database failure is 0xA700 (the sender
+retries later), bad data is 0xC000 with an ErrorComment, and nothing raises out
+of :meth:`Ingestor.store`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from listener.dataset_check import UnreadableDataset, image_plane, read_header
+from tace import phi
+from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, utcnow
+from tace.logging import get_logger
+from tace.storage import InvalidUID, Storage, check_uid, fsync_directory, sha256_of
+
+log = get_logger("tace.listener.ingest")
+
+CT_SOP_CLASSES = frozenset({CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0xC001
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    comment: str | None = None
+    stored: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+
+@dataclass
+class AssociationLedger:
+    """What one association has done so far; written to its row when it ends."""
+
+    association_id: int | None
+    calling_ae: str
+    stored: int = 0
+    failed: int = 0
+    bytes_received: int = 0
+    discarded: Counter[str] = field(default_factory=Counter)
+    series_ids: set[int] = field(default_factory=set)
+    study_ids: dict[str, int] = field(default_factory=dict)
+    series_by_uid: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _insert_ignore(connection: Connection, table: sa.Table, values: dict[str, object]) -> None:
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    connection.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+
+
+def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip()[:limit] or None
+
+
+def _study_datetime(dataset: Dataset) -> dt.datetime | None:
+    date = _text(dataset, "StudyDate")
+    if not date:
+        return None
+    time = (_text(dataset, "StudyTime") or "000000").split(".")[0].ljust(6, "0")[:6]
+    try:
+        return dt.datetime.strptime(date[:8] + time, "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+
+
+def _int(dataset: Dataset, keyword: str) -> int | None:
+    try:
+        value = dataset.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+class Ingestor:
+    """Turns received files into stored instances; one instance per call, thread-safe."""
+
+    def __init__(self, engine: Engine, storage: Storage, *, min_free_bytes: int) -> None:
+        self._engine = engine
+        self._storage = storage
+        self._min_free_bytes = min_free_bytes
+        self._tables = {
+            "study": Study.__table__,
+            "series": Series.__table__,
+            "instance": Instance.__table__,
+            "link": SeriesAssociation.__table__,
+        }
+
+    def store(
+        self, received: Path, *, sop_class_uid: str, sop_instance_uid: str, ledger: AssociationLedger
+    ) -> Outcome:
+        """Never raises: every failure becomes a status, and the staging file is always cleaned up."""
+        try:
+            outcome = self._store(received, sop_class_uid, sop_instance_uid, ledger)
+        except Exception as exc:
+            log.exception("store.unexpected_error", sop_class=sop_class_uid)
+            outcome = Outcome(PROCESSING_FAILURE, f"gateway error: {exc.__class__.__name__}")
+        finally:
+            with contextlib.suppress(OSError):
+                received.unlink(missing_ok=True)
+        with ledger.lock:
+            if not outcome.ok:
+                ledger.failed += 1
+        return outcome
+
+    def _store(
+        self, received: Path, sop_class_uid: str, sop_instance_uid: str, ledger: AssociationLedger
+    ) -> Outcome:
+        if self._storage.free_bytes() < self._min_free_bytes:
+            log.error("store.low_disk", free_bytes=self._storage.free_bytes(), watermark=self._min_free_bytes)
+            return Outcome(OUT_OF_RESOURCES, "storage below free-space watermark")
+        try:
+            header = read_header(received)
+        except UnreadableDataset as exc:
+            log.warning("store.unreadable", reason=str(exc), sop_class=sop_class_uid)
+            return Outcome(CANNOT_UNDERSTAND, str(exc)[:64])
+        ds = header.dataset
+        try:
+            sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+            if sop_uid != sop_instance_uid:
+                return Outcome(CANNOT_UNDERSTAND, "SOPInstanceUID differs from the C-STORE request")
+            if str(ds.get("SOPClassUID", "")) != sop_class_uid:
+                return Outcome(
+                    DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request"
+                )
+            if sop_class_uid not in CT_SOP_CLASSES:
+                with ledger.lock:
+                    ledger.discarded[sop_class_uid] += 1
+                return Outcome(SUCCESS)
+            study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+            series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        except InvalidUID as exc:
+            return Outcome(CANNOT_UNDERSTAND, str(exc)[:64])
+        phi.protect(ds.get("PatientID"), ds.get("PatientName"), ds.get("PatientBirthDate"))
+        size = received.stat().st_size
+        try:
+            digest = self._make_durable(received)
+            target = self._storage.instance_path(study_uid, series_uid, sop_uid)
+            existing = self._existing(sop_uid)
+            if existing is not None and existing[1] == digest:
+                with ledger.lock:
+                    ledger.stored += 1
+                return Outcome(SUCCESS, stored=False)
+            created = self._place(received, target)
+        except OSError as exc:
+            log.error("store.disk_error", error=str(exc), errno=exc.errno)
+            return Outcome(OUT_OF_RESOURCES, f"storage error: {os.strerror(exc.errno or 5)}"[:64])
+        try:
+            self._record(
+                ds,
+                header.transfer_syntax,
+                study_uid,
+                series_uid,
+                sop_uid,
+                target,
+                size,
+                digest,
+                ledger,
+                replaced=existing is not None,
+            )
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("store.database_error", error=str(getattr(exc, "orig", exc) or exc).splitlines()[0])
+            if existing is None and created:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            return Outcome(OUT_OF_RESOURCES, "database unavailable")
+        with ledger.lock:
+            ledger.stored += 1
+            ledger.bytes_received += size
+        if existing is not None:
+            log.warning("store.instance_replaced", series=series_uid, sop_instance=sop_uid)
+        return Outcome(SUCCESS, stored=True)
+
+    def _make_durable(self, path: Path) -> str:
+        """fsync the staging file and return its sha256 (one read from the page cache)."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return sha256_of(path)
+
+    def _place(self, staging: Path, target: Path) -> bool:
+        """Atomic rename into place; new directories are fsynced into their parents."""
+        created = not target.exists()
+        parent = target.parent
+        if not parent.is_dir():
+            missing = [p for p in (parent.parent, parent) if not p.is_dir()]
+            parent.mkdir(parents=True, exist_ok=True)
+            for directory in missing:
+                fsync_directory(directory.parent)
+        os.replace(staging, target)
+        fsync_directory(parent)
+        return created
+
+    def _existing(self, sop_uid: str) -> tuple[int, str] | None:
+        instance = self._tables["instance"]
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sa.select(instance.c.id, instance.c.sha256).where(instance.c.sop_instance_uid == sop_uid)
+            ).first()
+        return (row[0], row[1]) if row else None
+
+    def _record(
+        self,
+        ds: Dataset,
+        transfer_syntax: str,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        target: Path,
+        size: int,
+        digest: str,
+        ledger: AssociationLedger,
+        *,
+        replaced: bool,
+    ) -> None:
+        now = utcnow()
+        study, series, instance, link = (self._tables[k] for k in ("study", "series", "instance", "link"))
+        with self._engine.begin() as connection:
+            study_id = ledger.study_ids.get(study_uid)
+            if study_id is None:
+                _insert_ignore(
+                    connection,
+                    study,
+                    {
+                        "study_instance_uid": study_uid,
+                        "patient_id": _text(ds, "PatientID"),
+                        "issuer_of_patient_id": _text(ds, "IssuerOfPatientID"),
+                        "patient_hash": phi.patient_hash(
+                            _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")
+                        ),
+                        "patient_name": _text(ds, "PatientName", 324),
+                        "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                        "patient_sex": _text(ds, "PatientSex", 16),
+                        "study_datetime": _study_datetime(ds),
+                        "accession_number": _text(ds, "AccessionNumber", 16),
+                        "study_description": _text(ds, "StudyDescription"),
+                        "created_at": now,
+                    },
+                )
+                study_id = connection.execute(
+                    sa.select(study.c.id).where(study.c.study_instance_uid == study_uid)
+                ).scalar_one()
+            series_id = ledger.series_by_uid.get(series_uid)
+            if series_id is None:
+                _insert_ignore(
+                    connection,
+                    series,
+                    {
+                        "series_instance_uid": series_uid,
+                        "study_id": study_id,
+                        "modality": _text(ds, "Modality", 16),
+                        "series_number": _int(ds, "SeriesNumber"),
+                        "series_description": _text(ds, "SeriesDescription"),
+                        "state": SeriesState.receiving,
+                        "instance_count": 0,
+                        "total_bytes": 0,
+                        "open_associations": 0,
+                        "generation": 0,
+                        "created_at": now,
+                    },
+                )
+                series_id = connection.execute(
+                    sa.select(series.c.id).where(series.c.series_instance_uid == series_uid)
+                ).scalar_one()
+            values = {
+                "sop_class_uid": str(ds.SOPClassUID),
+                "series_id": series_id,
+                "instance_number": _int(ds, "InstanceNumber"),
+                "image_type": "\\".join(str(v) for v in ds.get("ImageType", []))[:200] or None,
+                "plane": image_plane(ds),
+                "frames": _int(ds, "NumberOfFrames") or 1,
+                "transfer_syntax_uid": str(transfer_syntax),
+                "path": self._storage.relative(target),
+                "size": size,
+                "sha256": digest,
+                "calling_ae": ledger.calling_ae[:16],
+                "received_at": now,
+            }
+            if replaced:
+                connection.execute(
+                    instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values)
+                )
+                added = 0
+            else:
+                connection.execute(instance.insert().values(sop_instance_uid=sop_uid, **values))
+                added = 1
+            connection.execute(
+                series.update()
+                .where(series.c.id == series_id)
+                .values(
+                    instance_count=series.c.instance_count + added,
+                    total_bytes=series.c.total_bytes + size,
+                    last_received_at=now,
+                    first_received_at=sa.func.coalesce(series.c.first_received_at, now),
+                    state=SeriesState.receiving,
+                )
+            )
+            if ledger.association_id is not None and series_id not in ledger.series_ids:
+                _insert_ignore(
+                    connection,
+                    link,
+                    {
+                        "series_id": series_id,
+                        "association_id": ledger.association_id,
+                        "first_at": now,
+                    },
+                )
+        ledger.study_ids[study_uid] = study_id
+        ledger.series_by_uid[series_uid] = series_id
+        ledger.series_ids.add(series_id)
