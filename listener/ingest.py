@@ -66,11 +66,23 @@ class AssociationLedger:
     study_ids: dict[str, int] = field(default_factory=dict)
     series_by_uid: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    connection: Connection | None = None
+    """One database connection per association: no pool round trip per instance."""
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                self.connection.close()
+            self.connection = None
 
 
-def _insert_ignore(connection: Connection, table: sa.Table, values: dict[str, object]) -> None:
+def _insert_ignore(connection: Connection, table: sa.Table, values: dict[str, object]) -> bool:
+    """INSERT unless the unique key exists; True when a row was inserted."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    connection.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+    statement = (
+        dialect.insert(table).values(**values).on_conflict_do_nothing().returning(sa.literal_column("1"))
+    )
+    return connection.execute(statement).first() is not None
 
 
 def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
@@ -112,6 +124,20 @@ class Ingestor:
             "instance": Instance.__table__,
             "link": SeriesAssociation.__table__,
         }
+        series = Series.__table__
+        self._touch_series = (
+            series.update()
+            .where(series.c.id == sa.bindparam("series_key"))
+            .values(
+                instance_count=series.c.instance_count + sa.bindparam("added"),
+                total_bytes=series.c.total_bytes + sa.bindparam("size"),
+                last_received_at=sa.bindparam("now", type_=series.c.last_received_at.type),
+                first_received_at=sa.func.coalesce(
+                    series.c.first_received_at, sa.bindparam("first", type_=series.c.first_received_at.type)
+                ),
+                state=SeriesState.receiving,
+            )
+        )
 
     def store(
         self, received: Path, *, sop_class_uid: str, sop_instance_uid: str, ledger: AssociationLedger
@@ -163,46 +189,37 @@ class Ingestor:
         try:
             digest = self._make_durable(received)
             target = self._storage.instance_path(study_uid, series_uid, sop_uid)
-            existing = self._existing(sop_uid)
-            if existing is not None and existing[1] == digest:
-                with ledger.lock:
-                    ledger.stored += 1
-                return Outcome(SUCCESS, stored=False)
             created = self._place(received, target)
         except OSError as exc:
             log.error("store.disk_error", error=str(exc), errno=exc.errno)
             return Outcome(OUT_OF_RESOURCES, f"storage error: {os.strerror(exc.errno or 5)}"[:64])
         try:
-            self._record(
-                ds,
-                header.transfer_syntax,
-                study_uid,
-                series_uid,
-                sop_uid,
-                target,
-                size,
-                digest,
-                ledger,
-                replaced=existing is not None,
+            change = self._record(
+                ds, header.transfer_syntax, study_uid, series_uid, sop_uid, target, size, digest, ledger
             )
         except sa.exc.SQLAlchemyError as exc:
+            ledger.close()
             log.error("store.database_error", error=str(getattr(exc, "orig", exc) or exc).splitlines()[0])
-            if existing is None and created:
+            if created:
                 with contextlib.suppress(OSError):
                     target.unlink()
             return Outcome(OUT_OF_RESOURCES, "database unavailable")
         with ledger.lock:
             ledger.stored += 1
             ledger.bytes_received += size
-        if existing is not None:
+        if change == "replaced":
             log.warning("store.instance_replaced", series=series_uid, sop_instance=sop_uid)
-        return Outcome(SUCCESS, stored=True)
+        return Outcome(SUCCESS, stored=change != "unchanged")
 
     def _make_durable(self, path: Path) -> str:
-        """fsync the staging file and return its sha256 (one read from the page cache)."""
+        """Flush the staging file's data to disk and return its sha256 (read from the page cache).
+
+        fdatasync is enough here: the file's name becomes durable through the rename
+        and the directory fsync that follow.
+        """
         fd = os.open(path, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)
         finally:
             os.close(fd)
         return sha256_of(path)
@@ -220,14 +237,6 @@ class Ingestor:
         fsync_directory(parent)
         return created
 
-    def _existing(self, sop_uid: str) -> tuple[int, str] | None:
-        instance = self._tables["instance"]
-        with self._engine.connect() as connection:
-            row = connection.execute(
-                sa.select(instance.c.id, instance.c.sha256).where(instance.c.sop_instance_uid == sop_uid)
-            ).first()
-        return (row[0], row[1]) if row else None
-
     def _record(
         self,
         ds: Dataset,
@@ -239,58 +248,20 @@ class Ingestor:
         size: int,
         digest: str,
         ledger: AssociationLedger,
-        *,
-        replaced: bool,
-    ) -> None:
+    ) -> str:
+        """Commit the rows of one instance; returns "added", "replaced" or "unchanged"."""
         now = utcnow()
-        study, series, instance, link = (self._tables[k] for k in ("study", "series", "instance", "link"))
-        with self._engine.begin() as connection:
+        instance, link = self._tables["instance"], self._tables["link"]
+        if ledger.connection is None:
+            ledger.connection = self._engine.connect()
+        connection = ledger.connection
+        with connection.begin():
             study_id = ledger.study_ids.get(study_uid)
             if study_id is None:
-                _insert_ignore(
-                    connection,
-                    study,
-                    {
-                        "study_instance_uid": study_uid,
-                        "patient_id": _text(ds, "PatientID"),
-                        "issuer_of_patient_id": _text(ds, "IssuerOfPatientID"),
-                        "patient_hash": phi.patient_hash(
-                            _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")
-                        ),
-                        "patient_name": _text(ds, "PatientName", 324),
-                        "patient_birth_date": _text(ds, "PatientBirthDate", 8),
-                        "patient_sex": _text(ds, "PatientSex", 16),
-                        "study_datetime": _study_datetime(ds),
-                        "accession_number": _text(ds, "AccessionNumber", 16),
-                        "study_description": _text(ds, "StudyDescription"),
-                        "created_at": now,
-                    },
-                )
-                study_id = connection.execute(
-                    sa.select(study.c.id).where(study.c.study_instance_uid == study_uid)
-                ).scalar_one()
+                study_id = self._study_id(connection, ds, study_uid, now)
             series_id = ledger.series_by_uid.get(series_uid)
             if series_id is None:
-                _insert_ignore(
-                    connection,
-                    series,
-                    {
-                        "series_instance_uid": series_uid,
-                        "study_id": study_id,
-                        "modality": _text(ds, "Modality", 16),
-                        "series_number": _int(ds, "SeriesNumber"),
-                        "series_description": _text(ds, "SeriesDescription"),
-                        "state": SeriesState.receiving,
-                        "instance_count": 0,
-                        "total_bytes": 0,
-                        "open_associations": 0,
-                        "generation": 0,
-                        "created_at": now,
-                    },
-                )
-                series_id = connection.execute(
-                    sa.select(series.c.id).where(series.c.series_instance_uid == series_uid)
-                ).scalar_one()
+                series_id = self._series_id(connection, ds, series_uid, study_id, now)
             values = {
                 "sop_class_uid": str(ds.SOPClassUID),
                 "series_id": series_id,
@@ -305,35 +276,90 @@ class Ingestor:
                 "calling_ae": ledger.calling_ae[:16],
                 "received_at": now,
             }
-            if replaced:
+            inserted = _insert_ignore(connection, instance, {"sop_instance_uid": sop_uid, **values})
+            change = "added"
+            if not inserted:
+                previous = connection.execute(
+                    sa.select(instance.c.sha256).where(instance.c.sop_instance_uid == sop_uid)
+                ).scalar_one()
+                if previous == digest:
+                    change = "unchanged"
+                else:
+                    connection.execute(
+                        instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values)
+                    )
+                    change = "replaced"
+            if change != "unchanged":
                 connection.execute(
-                    instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values)
+                    self._touch_series,
+                    {
+                        "series_key": series_id,
+                        "added": int(change == "added"),
+                        "size": size,
+                        "now": now,
+                        "first": now,
+                    },
                 )
-                added = 0
-            else:
-                connection.execute(instance.insert().values(sop_instance_uid=sop_uid, **values))
-                added = 1
-            connection.execute(
-                series.update()
-                .where(series.c.id == series_id)
-                .values(
-                    instance_count=series.c.instance_count + added,
-                    total_bytes=series.c.total_bytes + size,
-                    last_received_at=now,
-                    first_received_at=sa.func.coalesce(series.c.first_received_at, now),
-                    state=SeriesState.receiving,
-                )
-            )
             if ledger.association_id is not None and series_id not in ledger.series_ids:
                 _insert_ignore(
                     connection,
                     link,
-                    {
-                        "series_id": series_id,
-                        "association_id": ledger.association_id,
-                        "first_at": now,
-                    },
+                    {"series_id": series_id, "association_id": ledger.association_id, "first_at": now},
                 )
         ledger.study_ids[study_uid] = study_id
         ledger.series_by_uid[series_uid] = series_id
         ledger.series_ids.add(series_id)
+        return change
+
+    def _study_id(self, connection: Connection, ds: Dataset, study_uid: str, now: dt.datetime) -> int:
+        study = self._tables["study"]
+        patient_id, issuer = _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")
+        _insert_ignore(
+            connection,
+            study,
+            {
+                "study_instance_uid": study_uid,
+                "patient_id": patient_id,
+                "issuer_of_patient_id": issuer,
+                "patient_hash": phi.patient_hash(patient_id, issuer),
+                "patient_name": _text(ds, "PatientName", 324),
+                "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                "patient_sex": _text(ds, "PatientSex", 16),
+                "study_datetime": _study_datetime(ds),
+                "accession_number": _text(ds, "AccessionNumber", 16),
+                "study_description": _text(ds, "StudyDescription"),
+                "created_at": now,
+            },
+        )
+        return int(
+            connection.execute(
+                sa.select(study.c.id).where(study.c.study_instance_uid == study_uid)
+            ).scalar_one()
+        )
+
+    def _series_id(
+        self, connection: Connection, ds: Dataset, series_uid: str, study_id: int, now: dt.datetime
+    ) -> int:
+        series = self._tables["series"]
+        _insert_ignore(
+            connection,
+            series,
+            {
+                "series_instance_uid": series_uid,
+                "study_id": study_id,
+                "modality": _text(ds, "Modality", 16),
+                "series_number": _int(ds, "SeriesNumber"),
+                "series_description": _text(ds, "SeriesDescription"),
+                "state": SeriesState.receiving,
+                "instance_count": 0,
+                "total_bytes": 0,
+                "open_associations": 0,
+                "generation": 0,
+                "created_at": now,
+            },
+        )
+        return int(
+            connection.execute(
+                sa.select(series.c.id).where(series.c.series_instance_uid == series_uid)
+            ).scalar_one()
+        )

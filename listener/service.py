@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
 from multiprocessing.process import BaseProcess
 
@@ -70,12 +71,14 @@ def _receive(settings: Settings, engine: Engine, stop: threading.Event) -> None:
         shutil.rmtree(storage.staging_dir / str(os.getpid()), ignore_errors=True)
 
 
-def _child(settings: Settings, stop: multiprocessing.synchronize.Event) -> None:
+def _child(settings: Settings) -> None:
+    """A receiving process: stops on SIGTERM/SIGINT from the supervisor or the terminal."""
     configure_logging(settings.log_level, settings.log_format)
     engine = make_engine(settings.effective_database_url)
-    local_stop = threading.Event()
-    threading.Thread(target=lambda: (stop.wait(), local_stop.set()), daemon=True).start()
-    _receive(settings, engine, local_stop)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    _receive(settings, engine, stop)
 
 
 def _background(
@@ -115,13 +118,10 @@ def serve(settings: Settings, engine: Engine, stop: threading.Event, *, relay: b
 
 def _supervise(settings: Settings, stop: threading.Event) -> None:
     context = multiprocessing.get_context("spawn")
-    child_stop = context.Event()
     children: list[BaseProcess] = []
 
     def launch() -> BaseProcess:
-        process = context.Process(
-            target=_child, args=(settings, child_stop), name="tace-listener", daemon=True
-        )
+        process = context.Process(target=_child, args=(settings,), name="tace-listener", daemon=True)
         process.start()
         return process
 
@@ -132,7 +132,9 @@ def _supervise(settings: Settings, stop: threading.Event) -> None:
             if not process.is_alive():
                 log.error("listener.process_died", pid=process.pid, exitcode=process.exitcode)
                 children[index] = launch()
-    child_stop.set()
+    for process in children:
+        if process.is_alive():
+            process.terminate()
     for process in children:
         process.join(timeout=15)
         if process.is_alive():

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     bind_host: str = "0.0.0.0"
 
     dicom_max_associations: int = Field(default=16, ge=1, le=1000)
-    dicom_max_pdu: int = Field(default=262144, ge=0)
+    dicom_max_pdu: int = Field(default=1048576, ge=0)
     dicom_acse_timeout: float = Field(default=30.0, gt=0)
     dicom_dimse_timeout: float = Field(default=60.0, gt=0)
     dicom_network_timeout: float = Field(default=120.0, gt=0)

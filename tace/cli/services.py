@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tace.cli.base import app, runtime_of, stop_on_signals
+from tace.cli.base import app, bench_app, runtime_of, stop_on_signals
 
 
 @app.command()
@@ -26,3 +26,38 @@ def listen(
     engine = runtime.engine()
     stop = stop_on_signals()
     serve(settings, engine, stop)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    ctx: typer.Context,
+    slices: Annotated[int, typer.Option(help="Slices per series (512x512).")] = 100,
+    parallel: Annotated[
+        str, typer.Option(help="Comma-separated numbers of simultaneous associations.")
+    ] = "1,2,4",
+    processes: Annotated[str, typer.Option(help="Comma-separated listener process counts to try.")] = "1,2",
+    rounds: Annotated[int, typer.Option(help="Repetitions; the median is reported.")] = 3,
+) -> None:
+    """Instances/s and MB/s of `tace listen` against DCMTK storescp, and their ratio."""
+    from listener.bench import run_ingest_benchmark
+    from tace.cli.base import fail
+    from tace.cli.progress import progress_bars
+
+    runtime = runtime_of(ctx)
+    runtime.configure()
+    try:
+        with progress_bars() as report:
+            lines = list(
+                run_ingest_benchmark(
+                    slices=slices,
+                    parallel=[int(p) for p in parallel.split(",")],
+                    processes=[int(p) for p in processes.split(",")],
+                    rounds=rounds,
+                    database_url=runtime.settings.database_url,
+                    progress=report,
+                )
+            )
+    except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        fail(str(exc))
+    for line in lines:
+        typer.echo(line)

@@ -1,0 +1,11 @@
+"""Listener ingest throughput against DCMTK storescp; same as `tace bench ingest`.
+
+python benchmarks/bench_ingest.py [--parallel 1,2,4] [--processes 1,2] [--rounds 3]
+"""
+
+from tace.cli import main
+
+if __name__ == "__main__":
+    import sys
+
+    main(["bench", "ingest", *sys.argv[1:]])
