@@ -21,12 +21,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from listener.dataset_check import UnreadableDataset, image_plane, read_header
 from tace import phi
-from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, utcnow
+from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, insert_ignore, utcnow
 from tace.logging import get_logger
 from tace.storage import InvalidUID, Storage, check_uid, fsync_directory, sha256_of
 
@@ -74,15 +73,6 @@ class AssociationLedger:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 self.connection.close()
             self.connection = None
-
-
-def _insert_ignore(connection: Connection, table: sa.Table, values: dict[str, object]) -> bool:
-    """INSERT unless the unique key exists; True when a row was inserted."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(table).values(**values).on_conflict_do_nothing().returning(sa.literal_column("1"))
-    )
-    return connection.execute(statement).first() is not None
 
 
 def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
@@ -276,7 +266,7 @@ class Ingestor:
                 "calling_ae": ledger.calling_ae[:16],
                 "received_at": now,
             }
-            inserted = _insert_ignore(connection, instance, {"sop_instance_uid": sop_uid, **values})
+            inserted = insert_ignore(connection, instance, {"sop_instance_uid": sop_uid, **values})
             change = "added"
             if not inserted:
                 previous = connection.execute(
@@ -301,7 +291,7 @@ class Ingestor:
                     },
                 )
             if ledger.association_id is not None and series_id not in ledger.series_ids:
-                _insert_ignore(
+                insert_ignore(
                     connection,
                     link,
                     {"series_id": series_id, "association_id": ledger.association_id, "first_at": now},
@@ -314,7 +304,7 @@ class Ingestor:
     def _study_id(self, connection: Connection, ds: Dataset, study_uid: str, now: dt.datetime) -> int:
         study = self._tables["study"]
         patient_id, issuer = _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")
-        _insert_ignore(
+        insert_ignore(
             connection,
             study,
             {
@@ -341,7 +331,7 @@ class Ingestor:
         self, connection: Connection, ds: Dataset, series_uid: str, study_id: int, now: dt.datetime
     ) -> int:
         series = self._tables["series"]
-        _insert_ignore(
+        insert_ignore(
             connection,
             series,
             {

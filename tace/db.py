@@ -226,8 +226,30 @@ class JobEvent(SQLModel, table=True):
     detail: str | None = None
 
 
+class Hl7Message(SQLModel, table=True):
+    """Every HL7 message as received (raw bytes), stored before it is acknowledged."""
+
+    __table_args__ = (sa.UniqueConstraint("sender", "control_id", name="uq_hl7_sender_control"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    sender: str = Field(max_length=200, description="MSH-3^MSH-4: sending application and facility")
+    control_id: str = Field(max_length=199)
+    message_type: str | None = Field(default=None, max_length=20)
+    version: str | None = Field(default=None, max_length=20)
+    processing_id: str | None = Field(default=None, max_length=4)
+    patient_hash: str | None = Field(default=None, max_length=32, index=True)
+    raw: bytes = Field(sa_type=sa.LargeBinary)
+    sha256: str = Field(max_length=64)
+    ack_code: str = Field(max_length=2)
+    detail: str | None = None
+    observations: int = 0
+    received_at: datetime = _created_column()
+
+
 class LabObservation(SQLModel, table=True):
     """One clinical value as received, in canonical units when it could be mapped."""
+
+    __table_args__ = (sa.UniqueConstraint("source_kind", "source_id", name="uq_lab_source"),)
 
     id: int | None = Field(default=None, primary_key=True)
     patient_id: str = Field(max_length=64)
@@ -248,6 +270,9 @@ class LabObservation(SQLModel, table=True):
     source_id: str = Field(max_length=200)
     rejected_reason: str | None = None
     superseded_at: datetime | None = _utc_column()
+    observation_key: str | None = Field(default=None, max_length=300, index=True)
+    message_id: int | None = Field(default=None, foreign_key="hl7message.id", index=True)
+    value_text: str | None = None
 
 
 class Prediction(SQLModel, table=True):
@@ -266,6 +291,17 @@ class Prediction(SQLModel, table=True):
     sr_series_instance_uid: str | None = Field(default=None, max_length=64)
     sr_path: str | None = None
     created_at: datetime = _created_column()
+
+
+def insert_ignore(connection: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+    """INSERT unless a unique key already exists; True when a row was inserted."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(table).values(**values).on_conflict_do_nothing().returning(sa.literal_column("1"))
+    )
+    return connection.execute(statement).first() is not None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -24,7 +24,9 @@ from tace.db import (
     Job,
     JobEvent,
     JobState,
+    Series,
     Stage,
+    Study,
     session_scope,
     utcnow,
 )
@@ -273,3 +275,32 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _waiting_for_patient() -> sa.Select[tuple[int]]:
+    job, series, study = Job.__table__, Series.__table__, Study.__table__
+    joined = job.join(series, series.c.id == job.c.series_id).join(study, study.c.id == series.c.study_id)
+    return (
+        sa.select(job.c.id)
+        .select_from(joined)
+        .where(job.c.state == JobState.waiting_for_labs, study.c.patient_hash == sa.bindparam("patient_hash"))
+    )
+
+
+_WAITING_FOR_PATIENT = _waiting_for_patient()
+
+
+def wake_waiting_jobs(connection: sa.Connection, patient_hash: str) -> int:
+    """New clinical values arrived: jobs waiting for this patient's labs are due now.
+
+    Runs in the caller's transaction (the one that stored the values). The relay
+    publishes jobs in ``waiting_for_labs`` whose ``not_before`` passed, so moving it
+    to now wakes them on the next relay pass instead of the next scheduled retry.
+    """
+    waiting = connection.execute(_WAITING_FOR_PATIENT, {"patient_hash": patient_hash}).scalars().all()
+    if not waiting:
+        return 0
+    job = Job.__table__
+    due = job.update().where(job.c.id.in_(waiting)).values(not_before=utcnow(), published_at=None)
+    connection.execute(due)
+    return len(waiting)

@@ -113,6 +113,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
 
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,
             *_shared_chain(),
             structlog.stdlib.PositionalArgumentsFormatter(),
             *_finish_chain(),

@@ -20,12 +20,11 @@ from pathlib import Path
 REDACTED = "[redacted]"
 
 _KEY_FILE = "patient-hash.key"
-_MAX_PROTECTED = 8192
+_MAX_PROTECTED = 100_000
 _MIN_PROTECTED_LEN = 3
 
 _lock = threading.Lock()
 _protected: OrderedDict[str, None] = OrderedDict()
-_pattern: re.Pattern[str] | None = None
 _hash_key: bytes | None = None
 
 
@@ -65,47 +64,50 @@ def patient_hash(patient_id: str | None, issuer: str | None = None) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:16]
 
 
+_TOKEN = re.compile(r"[^\W_]+(?:[-./][^\W_]+)*")
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in _TOKEN.findall(text) if len(t) >= _MIN_PROTECTED_LEN]
+
+
 def protect(*values: object) -> None:
-    """Remember identifier values so that any later log line containing them is scrubbed."""
-    global _pattern
-    added = False
+    """Remember identifier values so that any later log line containing them is scrubbed.
+
+    Values are remembered as word tokens ("Doe^Jane" as "Doe" and "Jane"), so an
+    identifier is found however a message formats it, and scrubbing a log line
+    costs one scan of the line whatever the number of remembered identifiers.
+    """
     with _lock:
         for value in values:
-            text = str(value).strip() if value is not None else ""
-            if len(text) < _MIN_PROTECTED_LEN:
+            if value is None:
                 continue
-            if text in _protected:
-                _protected.move_to_end(text)
-                continue
-            _protected[text] = None
-            added = True
-            if len(_protected) > _MAX_PROTECTED:
-                _protected.popitem(last=False)
-        if added:
-            _pattern = None
+            text = str(value).strip()
+            for token in {text, *_tokens(text)}:
+                if len(token) < _MIN_PROTECTED_LEN:
+                    continue
+                if token in _protected:
+                    _protected.move_to_end(token)
+                    continue
+                _protected[token] = None
+                if len(_protected) > _MAX_PROTECTED:
+                    _protected.popitem(last=False)
 
 
 def scrub(text: str) -> str:
-    """Replace every protected value and every HL7 PID segment body in ``text``."""
-    global _pattern
+    """Replace every protected token and every HL7 PID segment body in ``text``."""
     if "PID|" in text:
         text = _PID_SEGMENT.sub("PID|" + REDACTED, text)
-    with _lock:
-        if not _protected:
-            return text
-        if _pattern is None:
-            alternatives = sorted(_protected, key=len, reverse=True)
-            _pattern = re.compile("|".join(re.escape(v) for v in alternatives))
-        pattern = _pattern
-    return pattern.sub(REDACTED, text)
+    if not _protected:
+        return text
+    protected = _protected
+    return _TOKEN.sub(lambda match: REDACTED if match.group(0) in protected else match.group(0), text)
 
 
 def forget_all() -> None:
     """Clear the registry (tests, and a process that starts a new unit of isolation)."""
-    global _pattern
     with _lock:
         _protected.clear()
-        _pattern = None
 
 
 _PID_SEGMENT = re.compile(r"PID\|[^\r\n]*")

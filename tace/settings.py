@@ -111,6 +111,20 @@ class Settings(BaseSettings):
     min_slices: int = Field(default=16, ge=1)
     series_description_pattern: str | None = None
 
+    default_issuer: str | None = None
+    hl7_patient_id_type: str | None = "MR"
+    hl7_assigning_authority: str | None = None
+    hl7_facility_issuers: dict[str, str] = Field(default_factory=dict)
+    hl7_refuse_processing_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    hl7_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    hl7_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    hl7_local_codes: Path | None = None
+    hl7_tls_cert: Path | None = None
+    hl7_tls_key: Path | None = None
+    hl7_tls_ca: Path | None = None
+    hl7_tls_require_client_cert: bool = False
+    feature_schema: Path | None = None
+
     model_checkpoint: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -142,6 +156,12 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_aets(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v, "calling AE title") for v in value]
+
+    @field_validator("hl7_refuse_processing_ids", mode="before")
+    @classmethod
+    def _split_processing_ids(cls, value: Any) -> Any:
+        items = _split_list(value)
+        return [str(v).upper() for v in items] if isinstance(items, list) else items
 
     @field_validator("allowed_peer_networks", mode="before")
     @classmethod

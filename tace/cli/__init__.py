@@ -11,18 +11,15 @@ import sys
 
 import typer
 
-from tace.cli import jobs, modelcmd, ops, services
-from tace.cli.base import app, jobs_app, labs_app, pending
+from tace.cli import jobs, labs, modelcmd, ops, services
+from tace.cli.base import app, jobs_app, pending
 
 for _app, _name, _summary in (
     (app, "up", "Start everything on one machine with embedded defaults."),
-    (app, "hl7", "Run the HL7 v2 MLLP listener for lab results."),
     (app, "worker", "Run a worker that turns series into SRs."),
     (app, "api", "Run the admin API and web page."),
     (app, "predict", "Predict one series folder without services."),
     (jobs_app, "jobs replay", "Re-run jobs from a stage."),
-    (labs_app, "labs import", "Import clinical values from a CSV file."),
-    (labs_app, "labs show", "Show a patient's clinical features at a date."),
 ):
     pending(_app, _name, _summary)
 
@@ -36,4 +33,4 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(130)
 
 
-__all__ = ["app", "jobs", "main", "modelcmd", "ops", "services"]
+__all__ = ["app", "jobs", "labs", "main", "modelcmd", "ops", "services"]

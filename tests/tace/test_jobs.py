@@ -166,3 +166,23 @@ def test_replay_puts_a_failed_job_back_in_the_outbox(engine: Engine) -> None:
     job = _job(engine, job_id)
     assert (job.state, job.error, job.published_at) == (JobState.received, None, None)
     assert claim(engine, job_id, Stage.infer, stall_seconds=60) is not None
+
+
+def test_new_labs_wake_jobs_waiting_for_that_patient_only(engine: Engine) -> None:
+    from tace.db import Study
+    from tace.jobs import wake_waiting_jobs
+
+    mine, other = add_jobs(engine, 2)
+    later = utcnow() + timedelta(hours=1)
+    for job_id in (mine, other):
+        lease = claim(engine, job_id, Stage.infer, stall_seconds=60)
+        assert lease is not None
+        finish(engine, lease, JobState.waiting_for_labs, not_before=later)
+    with session_scope(engine) as session:
+        series_id = session.get(Job, mine).series_id
+        study_id = session.get(Series, series_id).study_id
+        patient_hash = session.get(Study, study_id).patient_hash
+    with engine.begin() as connection:
+        assert wake_waiting_jobs(connection, patient_hash) == 1
+    assert _job(engine, mine).not_before <= utcnow()
+    assert _job(engine, other).not_before == later

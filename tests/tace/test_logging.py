@@ -59,7 +59,7 @@ def test_protected_values_are_scrubbed_from_free_text_and_stdlib_loggers(capture
     assert "MRN884211" not in output and "Doe^Jane" not in output
     lines = _lines(captured)
     assert lines[0]["logger"] == "pynetdicom.events"
-    assert lines[0]["event"] == f"bad dataset for {phi.REDACTED} ({phi.REDACTED})"
+    assert lines[0]["event"] == f"bad dataset for {phi.REDACTED} ({phi.REDACTED}^{phi.REDACTED})"
 
 
 def test_hl7_pid_segments_are_scrubbed(captured: _Pipe) -> None:

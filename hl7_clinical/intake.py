@@ -1,0 +1,308 @@
+"""One HL7 message in -> stored raw, observations recorded -> the ACK to send back.
+
+Order: the raw bytes and the parsed observations commit in one transaction,
+then the ACK is built. A message that can be acknowledged but not used (AE) or
+refused (AR) is still stored with its reason, so nothing a sender handed over is
+lost. A repeated MSH-10 from the same sender is acknowledged again and not
+applied twice. :meth:`Hl7Intake.handle` never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from hl7_clinical.ack import build_ack
+from hl7_clinical.codes import CodeMap, CodeMapError, CodeMapping
+from hl7_clinical.definitions import FeatureDefinition
+from hl7_clinical.identity import IdentityRules, PatientKey, choose_patient
+from hl7_clinical.oru import Header, MessageError, Observation, decode, parse_oru, read_header
+from tace import phi
+from tace.db import Hl7Message, LabObservation, insert_ignore, utcnow
+from tace.jobs import wake_waiting_jobs
+from tace.logging import get_logger, unit_of_work
+
+log = get_logger("tace.hl7.intake")
+
+SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
+USABLE_STATUSES = {"F", "C", "P", "R"}
+REMOVING_STATUSES = {"W", "D"}
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    code: str
+    text: str
+    hl7_error: str | None = None
+    message_id: int | None = None
+    duplicate: bool = False
+    applied: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class IntakePolicy:
+    identity: IdentityRules
+    refuse_processing_ids: frozenset[str] = frozenset()
+    facility: str = ""
+
+
+class Hl7Intake:
+    def __init__(
+        self,
+        engine: Engine,
+        codes: CodeMap,
+        definitions: Mapping[str, FeatureDefinition],
+        policy: IntakePolicy,
+    ) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._codes = codes
+        self._definitions = definitions
+        self._policy = policy
+        message, observation = Hl7Message.__table__, LabObservation.__table__
+        self._insert_message = sa.insert(message).returning(message.c.id)
+        self._insert_observation = sa.insert(observation)
+        self._supersede = (
+            observation.update()
+            .where(
+                observation.c.patient_hash == sa.bindparam("hash"),
+                observation.c.observation_key == sa.bindparam("key"),
+                observation.c.superseded_at.is_(None),
+            )
+            .values(superseded_at=sa.bindparam("now", type_=observation.c.superseded_at.type))
+        )
+
+    def handle(self, raw: bytes) -> tuple[str, IntakeResult]:
+        """The ACK text for ``raw`` and what was done; never raises."""
+        header: Header | None = None
+        try:
+            header = read_header(raw)
+            result = self._process(raw, header)
+        except MessageError as exc:
+            result = IntakeResult(exc.code, str(exc), exc.hl7_error)
+            if header is None:
+                self._store_unreadable(raw, str(exc))
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("hl7.database_error", error=str(getattr(exc, "orig", exc) or exc).splitlines()[0])
+            result = IntakeResult("AE", "message not stored: database unavailable, please resend", "207")
+        except Exception as exc:
+            log.exception("hl7.unexpected_error")
+            result = IntakeResult("AE", f"gateway error ({exc.__class__.__name__}), please resend", "207")
+        ack = build_ack(
+            header, result.code, result.text, hl7_error=result.hl7_error, facility=self._policy.facility
+        )
+        return ack, result
+
+    def _process(self, raw: bytes, header: Header) -> IntakeResult:
+        digest = hashlib.sha256(raw).hexdigest()
+        with unit_of_work(hl7_control_id=header.control_id, sender=header.sender):
+            refusal = self._refusal(header)
+            if refusal is not None:
+                return self._store(raw, digest, header, refusal, None, [])
+            try:
+                message = parse_oru(decode(raw, header), header)
+                patient = choose_patient(message.identifiers, header.sending_facility, self._policy.identity)
+                if not message.observations:
+                    raise MessageError("no OBX segments: nothing to record", code="AE", hl7_error="101")
+            except MessageError as exc:
+                return self._store(
+                    raw, digest, header, IntakeResult(exc.code, str(exc), exc.hl7_error), None, []
+                )
+            phi.protect(patient.patient_id)
+            return self._store(
+                raw, digest, header, IntakeResult("AA", "stored"), patient, message.observations
+            )
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A transaction on this thread's own connection (no pool round trip per message)."""
+        connection: Connection | None = getattr(self._local, "connection", None)
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self._local.connection = self._engine.connect()
+        try:
+            with connection.begin():
+                yield connection
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError):
+                connection.close()
+                self._local.connection = None
+            raise
+
+    def _refusal(self, header: Header) -> IntakeResult | None:
+        if header.message_type != "ORU" or header.trigger != "R01":
+            kind = f"{header.message_type}^{header.trigger}".strip("^")
+            return IntakeResult("AR", f"message type {kind} is not supported (ORU^R01 only)", "200")
+        if header.version and header.version not in SUPPORTED_VERSIONS:
+            return IntakeResult("AR", f"HL7 version {header.version} is not supported (2.3 to 2.5.1)", "203")
+        if header.processing_id in self._policy.refuse_processing_ids:
+            return IntakeResult("AR", f"processing ID {header.processing_id} is refused here", "202")
+        return None
+
+    def _find(self, header: Header) -> tuple[int, str] | None:
+        table = Hl7Message.__table__
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sa.select(table.c.id, table.c.ack_code).where(
+                    table.c.sender == header.sender, table.c.control_id == header.control_id
+                )
+            ).first()
+        return (row[0], row[1]) if row else None
+
+    def _store_unreadable(self, raw: bytes, reason: str) -> None:
+        digest = hashlib.sha256(raw).hexdigest()
+        try:
+            with self._engine.begin() as connection:
+                insert_ignore(
+                    connection,
+                    Hl7Message.__table__,
+                    {
+                        "sender": "(unreadable)",
+                        "control_id": f"sha256:{digest[:40]}",
+                        "raw": raw,
+                        "sha256": digest,
+                        "ack_code": "AR",
+                        "detail": reason,
+                        "observations": 0,
+                        "received_at": utcnow(),
+                    },
+                )
+        except sa.exc.SQLAlchemyError:
+            log.exception("hl7.store_failed")
+
+    def _store(
+        self,
+        raw: bytes,
+        digest: str,
+        header: Header,
+        verdict: IntakeResult,
+        patient: PatientKey | None,
+        observations: list[Observation],
+    ) -> IntakeResult:
+        """One transaction: the raw message, its observations, corrections, and waking waiting jobs."""
+        patient_hash = phi.patient_hash(patient.patient_id, patient.issuer) if patient else None
+        now = utcnow()
+        try:
+            with self._connection() as connection:
+                message_id = connection.execute(
+                    self._insert_message,
+                    {
+                        "sender": header.sender,
+                        "control_id": header.control_id,
+                        "message_type": f"{header.message_type}^{header.trigger}"[:20],
+                        "version": header.version[:20],
+                        "processing_id": header.processing_id[:4],
+                        "patient_hash": patient_hash,
+                        "raw": raw,
+                        "sha256": digest,
+                        "ack_code": verdict.code,
+                        "detail": None if verdict.code == "AA" else verdict.text,
+                        "observations": len(observations),
+                        "received_at": now,
+                    },
+                ).scalar_one()
+                rows = []
+                if patient is not None and patient_hash is not None:
+                    rows = [self._row(message_id, patient, patient_hash, o, now) for o in observations]
+                for row, observation in zip(rows, observations, strict=False):
+                    if observation.status in REMOVING_STATUSES or observation.status == "C":
+                        connection.execute(
+                            self._supersede, {"hash": patient_hash, "key": row["observation_key"], "now": now}
+                        )
+                if rows:
+                    connection.execute(self._insert_observation, rows)
+                applied = sum(1 for row in rows if row["rejected_reason"] is None)
+                if patient_hash is not None and applied:
+                    wake_waiting_jobs(connection, patient_hash)
+        except sa.exc.IntegrityError:
+            previous = self._find(header)
+            if previous is None:
+                raise
+            log.info("hl7.duplicate", message_id=previous[0])
+            return IntakeResult(
+                previous[1],
+                f"duplicate of message {previous[0]}, not applied again",
+                message_id=previous[0],
+                duplicate=True,
+            )
+        rejected = len(rows) - applied
+        log.info(
+            "hl7.stored",
+            message_id=message_id,
+            ack=verdict.code,
+            applied=applied,
+            rejected=rejected,
+            patient_hash=patient_hash,
+        )
+        text = (
+            verdict.text if verdict.code != "AA" else f"stored {applied} observation(s), {rejected} rejected"
+        )
+        return IntakeResult(
+            verdict.code, text, verdict.hl7_error, message_id=message_id, applied=applied, rejected=rejected
+        )
+
+    def _row(
+        self, message_id: int, patient: PatientKey, patient_hash: str, observation: Observation, now: object
+    ) -> dict[str, object]:
+        """The LabObservation row of one OBX; ``rejected_reason`` says why it cannot be used."""
+        mapping = self._codes.lookup(observation.code_system, observation.code)
+        if mapping is None and observation.alternate_code:
+            mapping = self._codes.lookup(observation.alternate_system, observation.alternate_code)
+        key = f"{observation.order_key}|{observation.code_system}:{observation.code}|{observation.sub_id}"[
+            :300
+        ]
+        row: dict[str, object] = {
+            "patient_id": patient.patient_id,
+            "issuer_of_patient_id": patient.issuer,
+            "patient_hash": patient_hash,
+            "feature": mapping.feature if mapping else None,
+            "code": observation.code[:64],
+            "code_system": observation.code_system[:32],
+            "raw_value": observation.raw_value,
+            "raw_unit": observation.unit[:64] or None,
+            "value": None,
+            "unit": mapping.canonical if mapping else None,
+            "comparator": observation.comparator,
+            "result_status": observation.status,
+            "observed_at": observation.observed_at,
+            "received_at": now,
+            "source_kind": "hl7",
+            "source_id": f"{message_id}:{observation.index}",
+            "rejected_reason": None,
+            "superseded_at": None,
+            "observation_key": key,
+            "message_id": message_id,
+            "value_text": observation.raw_value[:500] or None,
+        }
+        row["rejected_reason"] = self._rejection(mapping, observation, row)
+        return row
+
+    def _rejection(
+        self, mapping: CodeMapping | None, observation: Observation, row: dict[str, object]
+    ) -> str | None:
+        if mapping is None:
+            system = f" ({observation.code_system})" if observation.code_system else ""
+            label = f"{observation.code}{system} {observation.code_text!r}"
+            return f"code {label} is not mapped to a clinical feature"
+        if observation.status == "X" or observation.status in REMOVING_STATUSES:
+            return None
+        if observation.status not in USABLE_STATUSES:
+            return f"result status {observation.status!r} is not usable"
+        if observation.value is None:
+            return f"value {observation.raw_value!r} is not numeric"
+        try:
+            value = mapping.convert(observation.value, observation.unit)
+        except CodeMapError as exc:
+            return str(exc)
+        definition = self._definitions[mapping.feature]
+        if definition.valid_range and not definition.valid_range[0] <= value <= definition.valid_range[1]:
+            low, high = definition.valid_range
+            return f"{value:g} {definition.unit} is outside the possible range {low:g}..{high:g}"
+        row["value"] = value
+        return None

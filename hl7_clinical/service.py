@@ -1,0 +1,75 @@
+"""`tace hl7`: the MLLP listener wired to storage, with the site's identity rules."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import Mapping
+
+from sqlalchemy.engine import Engine
+
+from hl7_clinical.codes import CodeMap
+from hl7_clinical.definitions import FeatureDefinition
+from hl7_clinical.identity import IdentityRules
+from hl7_clinical.intake import Hl7Intake, IntakePolicy
+from hl7_clinical.mllp import MllpLimits, MllpServer
+from tace.logging import get_logger
+from tace.settings import Settings
+
+log = get_logger("tace.hl7")
+
+
+def build_intake(
+    settings: Settings, engine: Engine, definitions: Mapping[str, FeatureDefinition]
+) -> Hl7Intake:
+    policy = IntakePolicy(
+        identity=IdentityRules(
+            id_type=settings.hl7_patient_id_type,
+            authority=settings.hl7_assigning_authority,
+            default_issuer=settings.default_issuer,
+            facility_issuers=settings.hl7_facility_issuers,
+        ),
+        refuse_processing_ids=frozenset(settings.hl7_refuse_processing_ids),
+        facility=settings.ae_title,
+    )
+    return Hl7Intake(engine, CodeMap.load(definitions, settings.hl7_local_codes), definitions, policy)
+
+
+def _tls(settings: Settings) -> ssl.SSLContext | None:
+    if settings.hl7_tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.hl7_tls_cert, settings.hl7_tls_key)
+    if settings.hl7_tls_ca is not None:
+        context.load_verify_locations(settings.hl7_tls_ca)
+    if settings.hl7_tls_require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def serve(
+    settings: Settings, engine: Engine, definitions: Mapping[str, FeatureDefinition], stop: threading.Event
+) -> None:
+    """Run the MLLP server until ``stop`` is set; connections in flight finish their message."""
+    intake = build_intake(settings, engine, definitions)
+    workers = 1 if engine.dialect.name == "sqlite" else 4
+    server = MllpServer(
+        intake.handle,
+        host=settings.bind_host,
+        port=settings.hl7_port,
+        limits=MllpLimits(settings.hl7_max_message_bytes, settings.hl7_idle_timeout_seconds),
+        ssl_context=_tls(settings),
+        workers=workers,
+        facility=settings.ae_title,
+    )
+
+    async def run() -> None:
+        await server.start()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, stop.wait)
+        await server.stop()
+
+    asyncio.run(run())
+    log.info("hl7.stopped")

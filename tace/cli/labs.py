@@ -1,0 +1,165 @@
+"""`tace hl7` and `tace labs import|show`: the clinical data feed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tace.cli.base import (
+    EXIT_NOT_FOUND,
+    app,
+    bench_app,
+    fail,
+    labs_app,
+    print_json,
+    runtime_of,
+    stop_on_signals,
+)
+
+
+def feature_definitions(schema_path: Path | None) -> dict[str, Any]:
+    """The model's feature schema as plain definitions (this loads YAML, not torch)."""
+    from hl7_clinical.definitions import definitions_from_schema
+    from model.schema import FeatureSchema, SchemaError
+
+    try:
+        return definitions_from_schema(FeatureSchema.load(schema_path).to_dict())
+    except (SchemaError, OSError) as exc:
+        fail(f"feature schema: {exc}")
+
+
+@app.command("hl7")
+def hl7_listen(ctx: typer.Context) -> None:
+    """Run the HL7 v2 MLLP listener for lab results (ORU^R01) until stopped."""
+    from hl7_clinical.codes import CodeMapError
+    from hl7_clinical.service import serve
+
+    runtime = runtime_of(ctx)
+    settings = runtime.settings
+    definitions = feature_definitions(settings.feature_schema)
+    engine = runtime.engine()
+    stop = stop_on_signals()
+    try:
+        serve(settings, engine, definitions, stop)
+    except CodeMapError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot listen on port {settings.hl7_port}: {exc.strerror}")
+
+
+@labs_app.command("import")
+def labs_import(
+    ctx: typer.Context,
+    csv_file: Annotated[
+        Path, typer.Argument(help="CSV: patient_id, [issuer], date, then feature or LOINC columns.")
+    ],
+) -> None:
+    """Import clinical values from a CSV file (bad rows are reported by line and skipped)."""
+    from hl7_clinical.codes import CodeMap, CodeMapError
+    from hl7_clinical.csv_import import CsvError, import_csv
+
+    runtime = runtime_of(ctx)
+    settings = runtime.settings
+    definitions = feature_definitions(settings.feature_schema)
+    try:
+        codes = CodeMap.load(definitions, settings.hl7_local_codes)
+        report = import_csv(
+            runtime.engine(), csv_file, definitions, codes, default_issuer=settings.default_issuer
+        )
+    except (CsvError, CodeMapError) as exc:
+        fail(str(exc))
+    for problem in report.problems:
+        typer.echo(f"{csv_file.name}: {problem}", err=True)
+    typer.echo(
+        f"{report.imported_rows} of {report.rows} rows imported: {report.values_added} values added, "
+        f"{report.values_changed} changed, {report.values_unchanged} unchanged; "
+        f"{report.bad_rows} rows refused"
+    )
+    if report.bad_rows:
+        raise typer.Exit(1)
+
+
+@labs_app.command("show")
+def labs_show(
+    ctx: typer.Context,
+    patient: Annotated[str, typer.Argument(help="Patient ID as in DICOM PatientID.")],
+    issuer: Annotated[
+        str | None, typer.Option(help="Issuer of the patient ID (default TACE_DEFAULT_ISSUER).")
+    ] = None,
+    at: Annotated[dt.datetime | None, typer.Option(help="As of this date/time (default now).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show a patient's clinical features at a date: values, units, sources, missing and rejected."""
+    from hl7_clinical.features import clinical_features
+    from hl7_clinical.identity import effective_issuer
+    from tace import phi
+
+    runtime = runtime_of(ctx)
+    settings = runtime.settings
+    definitions = feature_definitions(settings.feature_schema)
+    chosen_issuer = effective_issuer(issuer, settings.default_issuer)
+    when = at or dt.datetime.now()
+    features = clinical_features(
+        runtime.engine(),
+        patient_id=patient,
+        issuer=chosen_issuer,
+        patient_hash=phi.patient_hash(patient, chosen_issuer),
+        at=when,
+        definitions=definitions,
+    )
+    found = [v for v in features.values.values() if v is not None]
+    if not found and not features.rejected:
+        fail(
+            f"no clinical values for patient hash {features.patient_hash} (issuer {chosen_issuer})",
+            EXIT_NOT_FOUND,
+        )
+    if as_json:
+        print_json(
+            {
+                "patient_hash": features.patient_hash,
+                "issuer": chosen_issuer,
+                "at": when.isoformat(),
+                "features": features.provenance(),
+                "missing": features.missing,
+                "rejected": features.rejected,
+            }
+        )
+        return
+    typer.echo(f"patient {features.patient_hash} (issuer {chosen_issuer}) as of {when:%Y-%m-%d %H:%M}")
+    typer.echo(f"{'FEATURE':<28} {'VALUE':>12} {'UNIT':<10} {'OBSERVED':<17} SOURCE")
+    for name, value in features.values.items():
+        if value is None:
+            typer.echo(f"{name:<28} {'missing':>12}")
+            continue
+        shown = f"{value.comparator or ''}{value.value:.4g}"
+        observed = f"{value.observed_at:%Y-%m-%d %H:%M}" if value.observed_at else "-"
+        flag = "" if value.status in ("F", "C") else f" [{value.status}]"
+        typer.echo(f"{name:<28} {shown:>12} {value.unit or '':<10} {observed:<17} {value.source}{flag}")
+    typer.echo(f"{len(features.missing)} of {len(features.values)} features missing")
+    if features.rejected:
+        typer.echo("rejected observations")
+        for item in features.rejected:
+            when_text = f"{item.observed_at:%Y-%m-%d %H:%M}" if item.observed_at else "-"
+            typer.echo(
+                f"  {item.code or '?':<10} {item.raw_value or '':>10} {item.raw_unit or '':<10} {when_text}  "
+                f"{item.reason}  ({item.source})"
+            )
+
+
+@bench_app.command("hl7")
+def bench_hl7(
+    ctx: typer.Context,
+    messages: Annotated[int, typer.Option(help="Messages to send over one connection.")] = 2000,
+) -> None:
+    """ORU messages/s over one persistent MLLP connection, ACK after durable store."""
+    from hl7_clinical.bench import run_hl7_benchmark
+
+    runtime = runtime_of(ctx)
+    try:
+        for line in run_hl7_benchmark(messages, runtime.settings.database_url):
+            typer.echo(line)
+    except (TimeoutError, RuntimeError, ConnectionError) as exc:
+        fail(str(exc))
