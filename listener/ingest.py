@@ -104,8 +104,11 @@ def _int(dataset: Dataset, keyword: str) -> int | None:
 class Ingestor:
     """Turns received files into stored instances; one instance per call, thread-safe."""
 
-    def __init__(self, engine: Engine, storage: Storage, *, min_free_bytes: int) -> None:
+    def __init__(
+        self, engine: Engine, storage: Storage, *, min_free_bytes: int, default_issuer: str | None = None
+    ) -> None:
         self._engine = engine
+        self._default_issuer = default_issuer
         self._storage = storage
         self._min_free_bytes = min_free_bytes
         self._tables = {
@@ -311,7 +314,7 @@ class Ingestor:
                 "study_instance_uid": study_uid,
                 "patient_id": patient_id,
                 "issuer_of_patient_id": issuer,
-                "patient_hash": phi.patient_hash(patient_id, issuer),
+                "patient_hash": phi.patient_hash(patient_id, issuer or self._default_issuer),
                 "patient_name": _text(ds, "PatientName", 324),
                 "patient_birth_date": _text(ds, "PatientBirthDate", 8),
                 "patient_sex": _text(ds, "PatientSex", 16),

@@ -91,7 +91,12 @@ class Listener:
         self._engine = engine
         self._identity = identity
         self._storage = Storage(settings.data_dir)
-        self._ingestor = Ingestor(engine, self._storage, min_free_bytes=settings.min_free_bytes)
+        self._ingestor = Ingestor(
+            engine,
+            self._storage,
+            min_free_bytes=settings.min_free_bytes,
+            default_issuer=settings.default_issuer,
+        )
         self._open: weakref.WeakKeyDictionary[PynetdicomAssociation, _Open] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
