@@ -275,6 +275,29 @@ class LabObservation(SQLModel, table=True):
     value_text: str | None = None
 
 
+class DeliveryState(enum.StrEnum):
+    delivered = "delivered"
+    retrying = "retrying"
+    failed = "failed"
+
+
+class Delivery(SQLModel, table=True):
+    """The outcome of sending one job's SR to one destination."""
+
+    __table_args__ = (sa.UniqueConstraint("job_id", "destination", name="uq_delivery_job_destination"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    destination: str = Field(max_length=128)
+    sop_instance_uid: str = Field(max_length=64)
+    state: DeliveryState = Field(sa_type=_enum_type(DeliveryState))
+    dimse_status: int | None = None
+    detail: str | None = None
+    attempts: int = 0
+    updated_at: datetime = _created_column()
+    delivered_at: datetime | None = _utc_column()
+
+
 class Prediction(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="job.id", unique=True, index=True)

@@ -44,6 +44,7 @@ _NOISY_LOGGERS = {
     "kombu": logging.WARNING,
     "amqp": logging.WARNING,
     "uvicorn.access": logging.WARNING,
+    "highdicom": logging.WARNING,
 }
 
 

@@ -59,11 +59,12 @@ class Relay:
         """Jobs to (re)publish, with the state they must still be in when marked."""
         stale = now - self._stall
         with session_scope(self._engine) as session:
+            ready = sa.or_(col(Job.not_before).is_(None), col(Job.not_before) <= now)
             fresh = session.exec(
                 select(Job.id, Job.state, Job.stage)
                 .where(
                     sa.or_(
-                        col(Job.state).in_([JobState.received, JobState.predicted]),
+                        sa.and_(col(Job.state).in_([JobState.received, JobState.predicted]), ready),
                         sa.and_(
                             Job.state == JobState.waiting_for_labs,
                             col(Job.not_before) <= now,
@@ -78,7 +79,8 @@ class Relay:
                 select(Job)
                 .where(
                     sa.or_(
-                        col(Job.state).in_([JobState.queued, JobState.predicted]),
+                        Job.state == JobState.queued,
+                        sa.and_(Job.state == JobState.predicted, ready),
                         sa.and_(
                             Job.state == JobState.running,
                             sa.or_(col(Job.heartbeat_at).is_(None), col(Job.heartbeat_at) < stale),

@@ -125,6 +125,16 @@ class Settings(BaseSettings):
     hl7_tls_require_client_cert: bool = False
     feature_schema: Path | None = None
 
+    labs_deadline_seconds: float = Field(default=3600.0, ge=0)
+    labs_retry_seconds: float = Field(default=60.0, gt=0)
+    labs_missing_policy: Literal["impute", "fail"] = "impute"
+    required_features: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["albumin", "total_bilirubin", "afp", "platelets", "inr", "creatinine"]
+    )
+    send_retry_max_seconds: float = Field(default=600.0, gt=0)
+    dicom_send_timeout: float = Field(default=30.0, gt=0)
+    worker_decode_threads: int = Field(default=4, ge=1, le=64)
+
     model_checkpoint: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -156,6 +166,14 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_aets(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v, "calling AE title") for v in value]
+
+    @field_validator("required_features", mode="before")
+    @classmethod
+    def _split_features(cls, value: Any) -> Any:
+        items = _split_list(value)
+        if items == ["none"]:
+            return []
+        return items
 
     @field_validator("hl7_refuse_processing_ids", mode="before")
     @classmethod

@@ -44,6 +44,8 @@ class SeriesVolume:
     sop_instance_uids: list[str]
     study_instance_uid: str
     series_instance_uid: str
+    headers: list[Dataset]
+    """The source datasets without pixel data, in volume order: the SR's evidence."""
 
 
 def _orientation_key(ds: Dataset) -> tuple[float, ...]:
@@ -87,6 +89,14 @@ def _hu_slice(ds: Dataset) -> np.ndarray:
         low, high = sorted((int(padding), int(limit))) if limit is not None else (int(padding), int(padding))
         hu[(stored >= low) & (stored <= high)] = AIR_HU
     return hu
+
+
+def _header(ds: Dataset) -> Dataset:
+    """Drop the pixel data (decoded already) so evidence lists stay small."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
 
 
 def _check_consistency(datasets: Sequence[Dataset]) -> None:
@@ -186,6 +196,7 @@ def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_sli
                 sop_instance_uids=[enhanced[0].SOPInstanceUID],
                 study_instance_uid=enhanced[0].StudyInstanceUID,
                 series_instance_uid=enhanced[0].SeriesInstanceUID,
+                headers=[_header(enhanced[0])],
             )
         _check_consistency(images)
         if len(images) < min_slices:
@@ -217,6 +228,7 @@ def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_sli
         sop_instance_uids=[ds.SOPInstanceUID for ds in ordered],
         study_instance_uid=first.StudyInstanceUID,
         series_instance_uid=first.SeriesInstanceUID,
+        headers=[_header(ds) for ds in ordered],
     )
 
 

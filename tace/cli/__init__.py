@@ -12,14 +12,11 @@ import sys
 import typer
 
 from tace.cli import jobs, labs, modelcmd, ops, services
-from tace.cli.base import app, jobs_app, pending
+from tace.cli.base import app, pending
 
 for _app, _name, _summary in (
     (app, "up", "Start everything on one machine with embedded defaults."),
-    (app, "worker", "Run a worker that turns series into SRs."),
     (app, "api", "Run the admin API and web page."),
-    (app, "predict", "Predict one series folder without services."),
-    (jobs_app, "jobs replay", "Re-run jobs from a stage."),
 ):
     pending(_app, _name, _summary)
 

@@ -90,3 +90,57 @@ def jobs_show(
         )
         if p.get("sr_sop_instance_uid"):
             typer.echo(f"  SR       {p['sr_sop_instance_uid']}")
+
+
+@jobs_app.command("replay")
+def jobs_replay(
+    ctx: typer.Context,
+    job_id: Annotated[int | None, typer.Argument(help="Job id to replay.")] = None,
+    series: Annotated[
+        str | None, typer.Option(help="Replay the current job of this SeriesInstanceUID.")
+    ] = None,
+    state: Annotated[str | None, typer.Option(help="Replay every job in this state (e.g. failed).")] = None,
+    from_stage: Annotated[
+        str, typer.Option(help="infer (model and SR again) or send (SR to the PACS again).")
+    ] = "infer",
+    new_generation: Annotated[
+        bool, typer.Option(help="New SR UIDs: the PACS gets a second, superseding SR. Off by default.")
+    ] = False,
+) -> None:
+    """Re-run jobs from a stage; the relay publishes them."""
+    from tace.cli.progress import progress_bars
+    from tace.db import JobState, Stage
+    from tace.replay import ReplayRefused, replay_job, select_jobs
+
+    if sum(x is not None for x in (job_id, series, state)) != 1:
+        fail("give exactly one of JOB_ID, --series or --state")
+    try:
+        stage = Stage(from_stage)
+        wanted_state = JobState(state) if state else None
+    except ValueError as exc:
+        fail(str(exc))
+    runtime = runtime_of(ctx)
+    engine = runtime.engine()
+    ids = select_jobs(engine, job_id=job_id, series_uid=series, state=wanted_state)
+    if not ids:
+        fail("no job matches", EXIT_NOT_FOUND)
+    refused = 0
+    with progress_bars() as report:
+        for done, selected in enumerate(ids, start=1):
+            try:
+                outcome = replay_job(
+                    engine,
+                    selected,
+                    stage,
+                    new_generation=new_generation,
+                    stall_seconds=runtime.settings.job_stall_seconds,
+                    reason="replayed by an administrator",
+                )
+                target = f" as job {outcome.replayed_as}" if outcome.replayed_as != selected else ""
+                typer.echo(f"job {selected}: replaying from {outcome.stage}{target}")
+            except ReplayRefused as exc:
+                refused += 1
+                typer.echo(f"job {selected}: not replayed: {exc}", err=True)
+            report("replaying jobs", done, len(ids))
+    if refused:
+        raise typer.Exit(1)

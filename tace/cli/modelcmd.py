@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -279,3 +280,75 @@ def bench_model(
         target, slices_per_series=slices, image_size=image_size, seconds=seconds, batch_sizes=sizes
     ):
         typer.echo(line)
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    series_dir: Annotated[Path, typer.Argument(help="Folder with the DICOM files of one CT series.")],
+    patient: Annotated[
+        str | None, typer.Option(help="Patient ID for the labs (default: DICOM PatientID).")
+    ] = None,
+    labs: Annotated[
+        Path | None, typer.Option(help="CSV of clinical values, as `tace labs import` reads.")
+    ] = None,
+    at: Annotated[
+        datetime | None, typer.Option(help="Assemble labs as of this time (default: study date).")
+    ] = None,
+    sr_out: Annotated[Path | None, typer.Option(help="Write the DICOM SR here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Predict one series folder with no broker or listener: volume, labs, model and SR."""
+    from hl7_clinical.csv_import import CsvError
+    from worker.context import ensure_checkpoint
+    from worker.one_case import predict_folder
+    from worker.volume import VolumeError
+
+    settings = runtime_of(ctx).settings
+    if not series_dir.is_dir():
+        fail(f"{series_dir} is not a folder")
+    try:
+        result = predict_folder(
+            settings,
+            ensure_checkpoint(settings),
+            series_dir,
+            patient=patient,
+            labs=labs,
+            at=at,
+            sr_out=sr_out,
+        )
+    except (VolumeError, CsvError, *_model_errors()) as exc:
+        fail(str(exc))
+    p = result.prediction
+    if as_json:
+        print_json(
+            {
+                "probability_disease_control": p.probability,
+                "label": p.label,
+                "model_name": p.model_name,
+                "model_version": p.model_version,
+                "checkpoint_sha256": p.checkpoint_sha256,
+                "demo": p.demo,
+                "slices": result.slices,
+                "slices_used": p.slices_used,
+                "missing_features": result.missing,
+                "features": result.features,
+                "timings": p.timings,
+                "sr": str(result.sr_path) if result.sr_path else None,
+            }
+        )
+        return
+    flag = "  [DEMO model: synthetic training data, no clinical meaning]" if p.demo else ""
+    typer.echo(
+        f"{p.label} (probability of disease control {p.probability:.3f}) by {p.model_name} "
+        f"{p.model_version}{flag}"
+    )
+    typer.echo(
+        f"{result.slices} slices ({p.slices_used} used); {len(result.missing)} of {len(result.features)} "
+        f"clinical features missing (imputed)"
+    )
+    if result.labs_report is not None and result.labs_report.problems:
+        for problem in result.labs_report.problems:
+            typer.echo(f"labs: {problem}", err=True)
+    if result.sr_path:
+        typer.echo(f"SR written to {result.sr_path}")

@@ -61,3 +61,31 @@ def bench_ingest(
         fail(str(exc))
     for line in lines:
         typer.echo(line)
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[
+        str, typer.Option(help="infer (GPU/CPU model work), send (PACS delivery), or both.")
+    ] = "infer,send",
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs at once (1: solo pool, CUDA-safe).")] = 1,
+    name: Annotated[str, typer.Option(help="Worker name as Celery reports it.")] = "tace@%h",
+) -> None:
+    """Run a worker that turns completed series into SRs in the PACS (until stopped)."""
+    from tace.cli.base import fail
+    from worker.context import WorkerContext, ensure_checkpoint
+    from worker.tasks import build_app, worker_arguments
+
+    runtime = runtime_of(ctx)
+    settings = runtime.settings
+    context = WorkerContext(settings, runtime.engine())
+    try:
+        arguments = worker_arguments(
+            [q.strip() for q in queues.split(",") if q.strip()], concurrency, settings.log_level, name
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    if "infer" in queues:
+        ensure_checkpoint(settings)
+    build_app(context).worker_main(arguments)

@@ -1,0 +1,212 @@
+"""The send stage: C-STORE of the SR to every destination, with retries that make sense.
+
+Connection failures, timeouts and 0xA7xx (out of resources) are transient: the
+job goes back to ``predicted`` with a backoff (and jitter, so a PACS coming back
+is not hit by every job at once) and the relay republishes it when due. 0xA9xx
+and 0xCxxx mean the PACS will never take this object: the job fails with the
+status and the PACS's comment. Destinations that accepted are not sent again;
+the job is ``sent`` when every destination has accepted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from sqlmodel import select
+
+from tace.db import Delivery, DeliveryState, JobState, Prediction, Stage, session_scope, utcnow
+from tace.jobs import Heartbeat, Lease, LeaseLost, claim, finish
+from tace.logging import get_logger, unit_of_work
+from tace.settings import Destination, Settings
+from worker.context import WorkerContext
+from worker.sr import sop_class
+
+log = get_logger("tace.worker.send")
+
+BASE_BACKOFF_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class SendResult:
+    delivered: bool
+    transient: bool
+    status: int | None
+    detail: str
+
+
+def classify(status: int) -> tuple[bool, bool]:
+    """(delivered, transient) for a C-STORE response status."""
+    if status == 0x0000 or (status & 0xF000) == 0xB000:
+        return True, False
+    if (status & 0xFF00) == 0xA700:
+        return False, True
+    return False, False
+
+
+def store_sr(settings: Settings, destination: Destination, path: Path) -> SendResult:
+    """One association, one C-STORE; never raises."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.dicom_send_timeout
+    ae.add_requested_context(sop_class(), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    except (OSError, ValueError) as exc:
+        return SendResult(False, True, None, f"cannot connect: {exc}")
+    if assoc.is_rejected:
+        primitive = assoc.acceptor.primitive
+        transient = primitive is not None and primitive.result == 0x02
+        reason = (
+            f"association rejected (result {primitive.result}, reason {primitive.diagnostic})"
+            if primitive
+            else "association rejected"
+        )
+        return SendResult(False, transient, None, reason)
+    if not assoc.is_established:
+        return SendResult(False, True, None, "association not established (peer unreachable or aborted)")
+    try:
+        response = assoc.send_c_store(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        assoc.abort()
+        return SendResult(False, True, None, f"send failed: {exc.__class__.__name__}: {exc}")
+    if assoc.is_established:
+        assoc.release()
+    if not response or "Status" not in response:
+        return SendResult(False, True, None, "no response (timeout or association aborted)")
+    status = int(response.Status)
+    delivered, transient = classify(status)
+    comment = str(response.get("ErrorComment", "") or "")
+    detail = f"status 0x{status:04X}" + (f" ({comment})" if comment else "")
+    return SendResult(delivered, transient, status, detail)
+
+
+def backoff_seconds(attempt: int, cap: float) -> float:
+    base = min(cap, BASE_BACKOFF_SECONDS * 2 ** max(attempt - 1, 0))
+    return base * random.uniform(0.5, 1.5)
+
+
+def run_send(ctx: WorkerContext, job_id: int) -> str:
+    settings = ctx.settings
+    lease = claim(ctx.engine, job_id, Stage.send, stall_seconds=settings.job_stall_seconds)
+    if lease is None:
+        return "not claimed"
+    with (
+        unit_of_work(job_id=job_id, stage="send"),
+        Heartbeat(ctx.engine, lease, settings.job_stall_seconds / 4),
+    ):
+        try:
+            return _send(ctx, lease)
+        except LeaseLost:
+            log.warning("job.lease_lost")
+            return "lease lost"
+        except Exception as exc:
+            log.exception("job.send_crashed")
+            finish(
+                ctx.engine,
+                lease,
+                JobState.failed,
+                error=f"send: internal error {exc.__class__.__name__}: {exc}",
+            )
+            return "failed"
+
+
+def _send(ctx: WorkerContext, lease: Lease) -> str:
+    settings = ctx.settings
+    with session_scope(ctx.engine) as session:
+        prediction = session.exec(select(Prediction).where(Prediction.job_id == lease.job_id)).one()
+        deliveries = {
+            d.destination: d for d in session.exec(select(Delivery).where(Delivery.job_id == lease.job_id))
+        }
+    if prediction.sr_path is None or prediction.sr_sop_instance_uid is None:
+        finish(
+            ctx.engine, lease, JobState.failed, error="send: no SR was stored for this job; replay from infer"
+        )
+        return "failed"
+    path = ctx.storage.resolve(prediction.sr_path)
+    if not settings.destinations:
+        finish(
+            ctx.engine,
+            lease,
+            JobState.sent,
+            detail=f"no destinations configured; SR kept at {prediction.sr_path}",
+        )
+        return "sent"
+    pending, permanent = [], []
+    for destination in settings.destinations:
+        name = str(destination)
+        previous = deliveries.get(name)
+        if previous is not None and previous.state == DeliveryState.delivered:
+            continue
+        result = store_sr(settings, destination, path)
+        attempts = (previous.attempts if previous else 0) + 1
+        state = (
+            DeliveryState.delivered
+            if result.delivered
+            else DeliveryState.retrying
+            if result.transient
+            else DeliveryState.failed
+        )
+        _record(ctx, lease.job_id, name, prediction.sr_sop_instance_uid, state, result, attempts)
+        log.info("sr.delivery", destination=name, state=state, detail=result.detail, attempts=attempts)
+        if state == DeliveryState.retrying:
+            pending.append((name, result.detail, attempts))
+        elif state == DeliveryState.failed:
+            permanent.append((name, result.detail))
+    if permanent:
+        reason = "; ".join(f"{name} refused: {detail}" for name, detail in permanent)
+        finish(ctx.engine, lease, JobState.failed, error=f"send: {reason}")
+        return "failed"
+    if pending:
+        attempt = max(a for _, _, a in pending)
+        delay = backoff_seconds(attempt, settings.send_retry_max_seconds)
+        reason = "; ".join(f"{name}: {detail}" for name, detail, _ in pending)
+        finish(
+            ctx.engine,
+            lease,
+            JobState.predicted,
+            not_before=utcnow() + dt.timedelta(seconds=delay),
+            error=f"retrying in {delay:.0f} s (attempt {attempt}): {reason}",
+        )
+        return "retrying"
+    finish(
+        ctx.engine,
+        lease,
+        JobState.sent,
+        detail=f"SR {prediction.sr_sop_instance_uid} accepted by every destination",
+    )
+    return "sent"
+
+
+def _record(
+    ctx: WorkerContext,
+    job_id: int,
+    destination: str,
+    sop_uid: str,
+    state: DeliveryState,
+    result: SendResult,
+    attempts: int,
+) -> None:
+    now = utcnow()
+    table = Delivery.__table__
+    values = {
+        "sop_instance_uid": sop_uid,
+        "state": state,
+        "dimse_status": result.status,
+        "detail": result.detail[:500],
+        "attempts": attempts,
+        "updated_at": now,
+        "delivered_at": now if result.delivered else None,
+    }
+    with ctx.engine.begin() as connection:
+        updated = connection.execute(
+            table.update()
+            .where(table.c.job_id == job_id, table.c.destination == destination)
+            .values(**values)
+        )
+        if updated.rowcount == 0:
+            connection.execute(sa.insert(table).values(job_id=job_id, destination=destination, **values))

@@ -1,0 +1,184 @@
+"""The result as a DICOM Comprehensive 3D SR (TID 1500) that radiologists open next to the CT.
+
+Built with highdicom: device observer (the model, with a Device UID per model
+version), procedure reported (the CT), one measurement group with the algorithm
+identification (TID 4019: CLDCA, version, checkpoint hash), the predicted
+response, the probability of disease control, and the clinical-data status.
+Evidence is the source CT; the SR joins the CT's study in its own series,
+UNVERIFIED, with Contributing Equipment as IHE AI Results asks. UIDs derive from
+(series, model version, job generation), so a redelivered job regenerates the
+same SR and a PACS never holds two copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodedConcept,
+    Comprehensive3DSR,
+    DeviceObserverIdentifyingAttributes,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, generate_uid
+
+SCHEME = "99TACE"
+SCHEME_NAME = "TACE response gateway codes"
+MANUFACTURER = "TACE response gateway"
+SR_SERIES_NUMBER = 9901
+
+PREDICTED_RESPONSE = CodedConcept("TACE-RESP", SCHEME, "Predicted response to TACE")
+DISEASE_CONTROL = CodedConcept("DC", SCHEME, "Disease control (CR+PR+SD)")
+PROGRESSIVE_DISEASE = CodedConcept("PD", SCHEME, "Progressive disease")
+PROBABILITY = CodedConcept("TACE-PDC", SCHEME, "Probability of disease control")
+CLINICAL_STATUS = CodedConcept("TACE-CLIN", SCHEME, "Clinical data status")
+CLINICAL_COMPLETE = CodedConcept("COMPLETE", SCHEME, "Complete")
+CLINICAL_INCOMPLETE = CodedConcept("INCOMPLETE", SCHEME, "Incomplete, missing values imputed")
+MISSING_FEATURES = CodedConcept("TACE-MISS", SCHEME, "Missing clinical features")
+DISCLAIMER = CodedConcept("121106", "DCM", "Comment")
+UNITLESS = CodedConcept("1", "UCUM", "no units")
+CT_PROCEDURE = CodedConcept("77477000", "SCT", "Computerized axial tomography")
+REPORT_TITLE = codes.DCM.ImagingMeasurementReport
+
+LABELS = {"disease_control": DISEASE_CONTROL, "progressive_disease": PROGRESSIVE_DISEASE}
+
+
+@dataclass(frozen=True)
+class SrIdentity:
+    series_instance_uid: str
+    sop_instance_uid: str
+    device_uid: str
+    instance_number: int
+
+
+def sr_identity(ct_series_uid: str, model_version: str, generation: int) -> SrIdentity:
+    """Deterministic UIDs: the same job generation always yields the same SR."""
+    return SrIdentity(
+        series_instance_uid=generate_uid(entropy_srcs=["tace-sr-series", ct_series_uid, model_version]),
+        sop_instance_uid=generate_uid(
+            entropy_srcs=["tace-sr", ct_series_uid, model_version, str(generation)]
+        ),
+        device_uid=generate_uid(entropy_srcs=["tace-device", "CLDCA", model_version]),
+        instance_number=generation,
+    )
+
+
+@dataclass(frozen=True)
+class SrContent:
+    probability: float
+    label: str
+    model_name: str
+    model_version: str
+    checkpoint_sha256: str
+    demo: bool
+    missing_features: Sequence[str]
+
+
+def _disclaimer(content: SrContent) -> str:
+    text = "Research use only; not for clinical decisions."
+    if content.demo:
+        text += (
+            f" The model that produced this result ({content.model_name} {content.model_version}) "
+            "is a DEMO model trained on synthetic data; the prediction has no clinical meaning."
+        )
+    return text
+
+
+def build_sr(evidence: Sequence[Dataset], content: SrContent, identity: SrIdentity) -> Comprehensive3DSR:
+    """``evidence``: the source CT headers (pixel data not needed)."""
+    algorithm = AlgorithmIdentification(
+        name=content.model_name,
+        version=content.model_version,
+        parameters=[f"checkpoint sha256 {content.checkpoint_sha256}"],
+        manufacturer=MANUFACTURER,
+    )
+    device = ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=identity.device_uid,
+            name=f"{content.model_name} {content.model_version}"[:64],
+            manufacturer_name=MANUFACTURER,
+            model_name=content.model_name,
+        ),
+    )
+    evaluations = [
+        QualitativeEvaluation(PREDICTED_RESPONSE, LABELS[content.label]),
+        QualitativeEvaluation(
+            CLINICAL_STATUS, CLINICAL_INCOMPLETE if content.missing_features else CLINICAL_COMPLETE
+        ),
+    ]
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=["tace-tracking", identity.sop_instance_uid]),
+            identifier="TACE response prediction",
+        ),
+        algorithm_id=algorithm,
+        measurements=[Measurement(name=PROBABILITY, value=round(content.probability, 4), unit=UNITLESS)],
+        qualitative_evaluations=evaluations,
+    )
+    group[0].ContentSequence.extend(_text_items(content))
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=device),
+        procedure_reported=CT_PROCEDURE,
+        imaging_measurements=[group],
+        title=REPORT_TITLE,
+    )
+    demo = " DEMO" if content.demo else ""
+    sr = Comprehensive3DSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=identity.series_instance_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=identity.instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[
+            hd.ContributingEquipment(
+                manufacturer=MANUFACTURER,
+                purpose_of_reference=codes.DCM.ProcessingEquipment,
+                manufacturer_model_name=content.model_name,
+                software_versions=[content.model_version],
+                contribution_description=f"AI prediction of TACE response{demo}"[:64],
+            )
+        ],
+    )
+    sr.SeriesDescription = f"AI TACE response ({content.model_name}{demo})"[:64]
+    coding = Dataset()
+    coding.CodingSchemeDesignator = SCHEME
+    coding.CodingSchemeName = SCHEME_NAME
+    coding.CodingSchemeResponsibleOrganization = MANUFACTURER
+    sr.CodingSchemeIdentificationSequence = [coding]
+    return sr
+
+
+def _text_items(content: SrContent) -> list[TextContentItem]:
+    items = []
+    if content.missing_features:
+        items.append(
+            TextContentItem(
+                name=MISSING_FEATURES,
+                value=", ".join(content.missing_features)[:1024],
+                relationship_type="CONTAINS",
+            )
+        )
+    items.append(TextContentItem(name=DISCLAIMER, value=_disclaimer(content), relationship_type="CONTAINS"))
+    return items
+
+
+def sop_class() -> UID:
+    return UID("1.2.840.10008.5.1.4.1.1.88.34")
