@@ -1,0 +1,83 @@
+"""Orthanc as the PACS that receives our SRs, started from a JSON config in a temp dir."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.services import free_port, require_tool, wait_for_port
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+@dataclass
+class Orthanc:
+    workdir: Path
+    dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def destination(self) -> str:
+        return f"ORTHANC@127.0.0.1:{self.dicom_port}"
+
+    def start(self) -> Orthanc:
+        binary = require_tool("Orthanc", ORTHANC)
+        storage = self.workdir / "orthanc-db"
+        config = {
+            "Name": "TEST",
+            "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "DicomAlwaysAllowStore": True,
+            "AuthenticationEnabled": False,
+            "RemoteAccessAllowed": False,
+            "DicomCheckCalledAet": False,
+            "Plugins": [],
+            "HttpServerEnabled": True,
+        }
+        path = self.workdir / "orthanc.json"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config))
+        self.process = subprocess.Popen(
+            [binary, str(path)], stdout=(self.workdir / "orthanc.log").open("ab"), stderr=subprocess.STDOUT
+        )
+        wait_for_port(self.http_port)
+        wait_for_port(self.dicom_port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def sr_instances(self) -> list[str]:
+        return list(self._post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}}))
+
+    def instance_tags(self, instance: str) -> dict[str, Any]:
+        return self._get(f"/instances/{instance}/simplified-tags")
+
+    def download(self, instance: str, target: Path) -> Path:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.http_port}/instances/{instance}/file", timeout=10
+        ) as response:
+            target.write_bytes(response.read())
+        return target

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tace.synthetic_ct import SeriesSpec, make_series
+from tests.support.services import require_tool
+from worker.sr import SrContent, build_sr, sr_identity
+
+
+def _headers():
+    datasets = make_series(SeriesSpec(slices=4, rows=32, columns=32))
+    for ds in datasets:
+        del ds.PixelData
+    return datasets
+
+
+def _content(**changes) -> SrContent:
+    values = dict(
+        probability=0.8123,
+        label="disease_control",
+        model_name="CLDCA",
+        model_version="demo-1",
+        checkpoint_sha256="ab" * 32,
+        demo=True,
+        missing_features=["albumin", "afp"],
+    )
+    values.update(changes)
+    return SrContent(**values)
+
+
+def test_uids_are_deterministic_per_series_version_and_generation() -> None:
+    first = sr_identity("1.2.3", "demo-1", 1)
+    assert first == sr_identity("1.2.3", "demo-1", 1)
+    assert first.sop_instance_uid != sr_identity("1.2.3", "demo-1", 2).sop_instance_uid
+    assert first.series_instance_uid == sr_identity("1.2.3", "demo-1", 2).series_instance_uid
+    assert first.device_uid != sr_identity("1.2.3", "v2", 1).device_uid
+
+
+def test_sr_validates_with_dciodvfy_and_reads_with_dsrdump(tmp_path: Path) -> None:
+    dciodvfy = require_tool("dciodvfy")
+    dsrdump = require_tool("dsrdump")
+    headers = _headers()
+    sr = build_sr(headers, _content(), sr_identity(headers[0].SeriesInstanceUID, "demo-1", 1))
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    verify = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+    errors = [line for line in (verify.stdout + verify.stderr).splitlines() if line.startswith("Error")]
+    assert errors == []
+    warnings = {line for line in (verify.stdout + verify.stderr).splitlines() if line.startswith("Warning")}
+    assert warnings <= {
+        "Warning - Unrecognized defined term <99TACE> for value 1 of attribute <Coding Scheme Designator>"
+    }
+    dump = subprocess.run([dsrdump, "+Pl", str(path)], capture_output=True, text=True).stdout
+    assert 'NUM:(,,"Probability of disease control")="0.8123" (1,UCUM,"no units")' in dump
+    assert '(DC,99TACE,"Disease control (CR+PR+SD)")' in dump
+    assert 'TEXT:(,,"Algorithm Name")="CLDCA"' in dump and 'TEXT:(,,"Algorithm Version")="demo-1"' in dump
+    assert 'TEXT:(,,"Missing clinical features")="albumin, afp"' in dump
+    assert "DEMO model trained on synthetic data" in dump
+    assert "Verification Flag   : UNVERIFIED" in dump
+
+
+def test_sr_joins_the_ct_study_in_its_own_series_with_evidence_and_equipment() -> None:
+    headers = _headers()
+    identity = sr_identity(headers[0].SeriesInstanceUID, "demo-1", 3)
+    sr = build_sr(headers, _content(label="progressive_disease", demo=False, missing_features=[]), identity)
+    assert sr.StudyInstanceUID == headers[0].StudyInstanceUID
+    assert sr.SeriesInstanceUID == identity.series_instance_uid != headers[0].SeriesInstanceUID
+    assert (sr.SeriesNumber, sr.InstanceNumber, sr.VerificationFlag) == (9901, 3, "UNVERIFIED")
+    assert sr.PatientID == headers[0].PatientID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert {item.ReferencedSOPInstanceUID for item in evidence.ReferencedSOPSequence} == {
+        ds.SOPInstanceUID for ds in headers
+    }
+    ours = [e for e in sr.ContributingEquipmentSequence if e.get("ManufacturerModelName") == "CLDCA"]
+    assert len(ours) == 1
+    assert ours[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert ours[0].SoftwareVersions == "demo-1"
+    text = " ".join(_texts(sr))
+    assert "DEMO" not in sr.SeriesDescription and "Research use only" in text and "synthetic" not in text
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99TACE"
+    roundtrip = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_bytes(sr)))
+    assert roundtrip.SOPInstanceUID == identity.sop_instance_uid
+
+
+def _texts(item) -> list[str]:
+    found = [str(item.TextValue)] if "TextValue" in item else []
+    for child in item.get("ContentSequence", []):
+        found.extend(_texts(child))
+    return found
+
+
+def _bytes(sr) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "status,expected",
+    [
+        (0x0000, (True, False)),
+        (0xB000, (True, False)),
+        (0xA700, (False, True)),
+        (0xA702, (False, True)),
+        (0xA900, (False, False)),
+        (0xC000, (False, False)),
+    ],
+)
+def test_c_store_status_classes(status: int, expected: tuple[bool, bool]) -> None:
+    from worker.send import classify
+
+    assert classify(status) == expected
