@@ -134,6 +134,7 @@ class Settings(BaseSettings):
     send_retry_max_seconds: float = Field(default=600.0, gt=0)
     dicom_send_timeout: float = Field(default=30.0, gt=0)
     worker_decode_threads: int = Field(default=4, ge=1, le=64)
+    worker_decode_processes: int = Field(default=0, ge=0, le=256)
 
     model_checkpoint: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

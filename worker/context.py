@@ -7,8 +7,9 @@ has started (a solo or thread pool: no fork happens after CUDA is touched).
 from __future__ import annotations
 
 import fcntl
+import multiprocessing
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,21 +50,28 @@ def ensure_checkpoint(settings: Settings) -> Path:
     return path
 
 
+def decode_pool(settings: Settings) -> Executor:
+    """Threads by default; processes (forkserver, safe once CUDA is initialised) to use every core."""
+    if settings.worker_decode_processes > 0:
+        return ProcessPoolExecutor(
+            settings.worker_decode_processes, mp_context=multiprocessing.get_context("forkserver")
+        )
+    return ThreadPoolExecutor(settings.worker_decode_threads, thread_name_prefix="decode")
+
+
 @dataclass
 class WorkerContext:
     settings: Settings
     engine: Engine
     storage: Storage = field(init=False)
-    decode_pool: ThreadPoolExecutor = field(init=False)
+    decode_pool: Executor = field(init=False)
     publisher: Publisher = field(init=False)
     _predictor: Predictor | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.storage = Storage(self.settings.data_dir)
-        self.decode_pool = ThreadPoolExecutor(
-            self.settings.worker_decode_threads, thread_name_prefix="decode"
-        )
+        self.decode_pool = decode_pool(self.settings)
         self.publisher = Publisher(make_celery(self.settings))
 
     @property

@@ -82,7 +82,11 @@ def _hu_slice(ds: Dataset) -> np.ndarray:
         ) from None
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    hu = stored.astype(np.float32) * slope + intercept
+    hu = stored.astype(np.float32)
+    if slope != 1.0:
+        hu *= slope
+    if intercept:
+        hu += intercept
     padding = ds.get("PixelPaddingValue")
     if padding is not None:
         limit = ds.get("PixelPaddingRangeLimit")
@@ -172,45 +176,69 @@ def _enhanced_volume(ds: Dataset) -> tuple[np.ndarray, highdicom.Volume]:
     return volume.array.astype(np.float32), volume
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """One file's header (pixel data removed) and its HU slice, or why it could not be decoded."""
+
+    header: Dataset
+    hu: np.ndarray | None
+    error: str | None
+
+
+def _load(path: Path) -> _Loaded:
+    """Per-file work, picklable so a process pool can run it: read, decode, rescale."""
+    ds = _read(path)
+    if ds.SOPClassUID in MULTIFRAME_CT or ds.SOPClassUID not in CT_CLASSES:
+        return _Loaded(ds, None, None)
+    try:
+        hu = _hu_slice(ds)
+    except VolumeError as exc:
+        return _Loaded(_header(ds), None, str(exc))
+    return _Loaded(_header(ds), hu, None)
+
+
 def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_slices: int = 1) -> SeriesVolume:
-    """Read, check and decode one series; ``executor`` runs the per-file work in parallel."""
+    """Read, check and decode one series; ``executor`` (threads or processes) runs the per-file work."""
     if not paths:
         raise VolumeError("no files in the series")
     own = executor is None
     pool = executor or ThreadPoolExecutor(max_workers=4)
     try:
-        datasets = list(pool.map(_read, paths))
-        images = [ds for ds in datasets if ds.SOPClassUID in CT_CLASSES]
-        if not images:
-            classes = sorted({str(ds.SOPClassUID.name) for ds in datasets})
-            raise VolumeError(f"no CT images in the series (found {', '.join(classes)})")
-        enhanced = [ds for ds in images if ds.SOPClassUID in MULTIFRAME_CT]
-        if enhanced:
-            if len(images) != 1:
-                raise VolumeError(f"series mixes {len(enhanced)} enhanced CT object(s) with other CT images")
-            array, volume = _enhanced_volume(enhanced[0])
-            return SeriesVolume(
-                hu=array,
-                spacing=tuple(float(v) for v in volume.spacing),
-                affine=volume.affine,
-                sop_instance_uids=[enhanced[0].SOPInstanceUID],
-                study_instance_uid=enhanced[0].StudyInstanceUID,
-                series_instance_uid=enhanced[0].SeriesInstanceUID,
-                headers=[_header(enhanced[0])],
-            )
-        _check_consistency(images)
-        if len(images) < min_slices:
-            raise VolumeError(f"{len(images)} slice(s), at least {min_slices} needed")
-        spacing, indices = get_series_volume_positions(images, rtol=0.05, perpendicular_tol=1e-3)
-        if spacing is None or indices is None:
-            raise VolumeError(_explain_irregular(images))
-        ordered = [ds for _, ds in sorted(zip(indices, images, strict=True), key=lambda pair: pair[0])]
-        slices = list(pool.map(_hu_slice, ordered))
+        loaded = list(pool.map(_load, paths, chunksize=8))
     finally:
         if own:
             pool.shutdown()
-    first = ordered[0]
-    hu = np.stack(slices)
+    images = [item for item in loaded if item.header.SOPClassUID in CT_CLASSES]
+    if not images:
+        classes = sorted({str(item.header.SOPClassUID.name) for item in loaded})
+        raise VolumeError(f"no CT images in the series (found {', '.join(classes)})")
+    enhanced = [item.header for item in images if item.header.SOPClassUID in MULTIFRAME_CT]
+    if enhanced:
+        if len(images) != 1:
+            raise VolumeError(f"series mixes {len(enhanced)} enhanced CT object(s) with other CT images")
+        array, volume = _enhanced_volume(enhanced[0])
+        return SeriesVolume(
+            hu=array,
+            spacing=tuple(float(v) for v in volume.spacing),
+            affine=volume.affine,
+            sop_instance_uids=[enhanced[0].SOPInstanceUID],
+            study_instance_uid=enhanced[0].StudyInstanceUID,
+            series_instance_uid=enhanced[0].SeriesInstanceUID,
+            headers=[_header(enhanced[0])],
+        )
+    headers = [item.header for item in images]
+    _check_consistency(headers)
+    if len(images) < min_slices:
+        raise VolumeError(f"{len(images)} slice(s), at least {min_slices} needed")
+    spacing, indices = get_series_volume_positions(headers, rtol=0.05, perpendicular_tol=1e-3)
+    if spacing is None or indices is None:
+        raise VolumeError(_explain_irregular(headers))
+    undecodable = next((item.error for item in images if item.error), None)
+    if undecodable:
+        raise VolumeError(undecodable)
+    ordered = [item for _, item in sorted(zip(indices, images, strict=True), key=lambda pair: pair[0])]
+    first = ordered[0].header
+    hu = np.stack([item.hu for item in ordered])
     volume = highdicom.Volume.from_attributes(
         array=hu,
         image_position=first.ImagePositionPatient,
@@ -225,10 +253,10 @@ def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_sli
         hu=hu,
         spacing=(float(spacing), row_spacing, column_spacing),
         affine=volume.affine,
-        sop_instance_uids=[ds.SOPInstanceUID for ds in ordered],
+        sop_instance_uids=[item.header.SOPInstanceUID for item in ordered],
         study_instance_uid=first.StudyInstanceUID,
         series_instance_uid=first.SeriesInstanceUID,
-        headers=[_header(ds) for ds in ordered],
+        headers=[item.header for item in ordered],
     )
 
 

@@ -89,3 +89,37 @@ def worker(
     if "infer" in queues:
         ensure_checkpoint(settings)
     build_app(context).worker_main(arguments)
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    ctx: typer.Context,
+    series: Annotated[int, typer.Option(min=2, help="Series to run through the pipeline.")] = 4,
+    slices: Annotated[int, typer.Option(help="Slices per series (512x512).")] = 100,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default TACE_DEVICE).")] = None,
+    decode_processes: Annotated[int, typer.Option(help="Decode in this many processes (0: threads).")] = 0,
+) -> None:
+    """Series/s from stored series to SR bytes, with the per-stage breakdown."""
+    from tace.cli.progress import progress_bars
+    from worker.bench import run_pipeline_benchmark
+    from worker.context import decode_pool
+
+    settings = runtime_of(ctx).settings
+    settings = settings.model_copy(update={"worker_decode_processes": decode_processes})
+    pool = decode_pool(settings)
+    name = (
+        f"{decode_processes} processes" if decode_processes else f"{settings.worker_decode_threads} threads"
+    )
+    with progress_bars() as report:
+        lines = list(
+            run_pipeline_benchmark(
+                series=series,
+                slices=slices,
+                device=device or settings.device,
+                pool=pool,
+                pool_name=name,
+                progress=report,
+            )
+        )
+    for line in lines:
+        typer.echo(line)

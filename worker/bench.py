@@ -1,0 +1,159 @@
+"""`tace bench pipeline`: stored 100-slice series -> SR bytes, timed stage by stage.
+
+Stages: read+decode+rescale (the volume), clinical features, the model (CLDCA at
+224x224 over every slice, untrained weights of the production configuration),
+and the SR build. Sequential runs give the breakdown; a pipelined run overlaps
+the decode of the next series with the model on the current one, which is how a
+worker with spare cores keeps a GPU busy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from hl7_clinical.definitions import definitions_from_schema
+from hl7_clinical.features import clinical_features
+from model.checkpoint import CheckpointMeta, save_checkpoint
+from model.config import CLDCAConfig, PreprocessConfig
+from model.network import CLDCA
+from model.predictor import Predictor
+from model.schema import FeatureSchema
+from tace.db import make_engine
+from tace.schema import upgrade_schema
+from tace.synthetic_ct import SeriesSpec, write_series
+from worker.sr import SrContent, build_sr, sr_identity
+from worker.volume import SeriesVolume, read_volume
+
+Progress = Callable[[str, int, int], None]
+STUDY_TIME = dt.datetime(2026, 1, 15, 9, 30)
+
+
+def _checkpoint(folder: Path) -> Path:
+    schema = FeatureSchema.load()
+    torch.manual_seed(0)
+    model = CLDCA(CLDCAConfig(clinical_inputs=len(schema.columns)))
+    meta = CheckpointMeta(
+        version="bench",
+        config=model.config,
+        preprocess=PreprocessConfig(),
+        schema=schema,
+        normalization=schema.fit([{}]),
+        demo=True,
+        training={"data": "none: untrained benchmark weights"},
+    )
+    path = folder / "bench.safetensors"
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def run_pipeline_benchmark(
+    *,
+    series: int = 4,
+    slices: int = 100,
+    device: str = "auto",
+    pool: Executor | None = None,
+    pool_name: str = "4 threads",
+    progress: Progress | None = None,
+) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="tace-bench-pipeline-") as tmp:
+        work = Path(tmp)
+        folders = []
+        for index in range(series):
+            folder = work / f"series-{index}"
+            write_series(SeriesSpec(slices=slices, seed=2000 + index, series_number=index + 1), folder)
+            folders.append(sorted(folder.glob("*.dcm")))
+            if progress:
+                progress("synthetic series", index + 1, series)
+        predictor = Predictor.load(_checkpoint(work), device=device)
+        definitions = definitions_from_schema(predictor.meta.schema.to_dict())
+        engine = make_engine(f"sqlite:///{work / 'bench.db'}")
+        upgrade_schema(engine)
+        decode_pool = pool or ThreadPoolExecutor(4)
+
+        def volume_of(paths: list[Path]) -> SeriesVolume:
+            return read_volume(paths, executor=decode_pool)
+
+        def rest(volume: SeriesVolume, timings: dict[str, list[float]]) -> None:
+            start = time.perf_counter()
+            features = clinical_features(
+                engine,
+                patient_id="SYN0001",
+                issuer=None,
+                patient_hash="bench",
+                at=STUDY_TIME,
+                definitions=definitions,
+            )
+            timings["features"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            result = predictor.predict(volume.hu, features.model_input())
+            if predictor.device.type == "cuda":
+                torch.cuda.synchronize()
+            timings["model"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            sr = build_sr(
+                volume.headers,
+                SrContent(
+                    result.probability,
+                    result.label,
+                    result.model_name,
+                    result.model_version,
+                    result.checkpoint_sha256,
+                    result.demo,
+                    result.missing_features,
+                ),
+                sr_identity(volume.series_instance_uid, result.model_version, 1),
+            )
+            sr.save_as(io.BytesIO(), enforce_file_format=True)
+            timings["sr"].append(time.perf_counter() - start)
+
+        rest(volume_of(folders[0]), {"features": [], "model": [], "sr": []})
+        timings: dict[str, list[float]] = {"read_volume": [], "features": [], "model": [], "sr": []}
+        start = time.perf_counter()
+        for index, paths in enumerate(folders):
+            t = time.perf_counter()
+            volume = volume_of(paths)
+            timings["read_volume"].append(time.perf_counter() - t)
+            rest(volume, timings)
+            if progress:
+                progress("sequential", index + 1, series)
+        sequential = time.perf_counter() - start
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(1) as prefetch:
+            upcoming = prefetch.submit(volume_of, folders[0])
+            for index in range(series):
+                volume = upcoming.result()
+                if index + 1 < series:
+                    upcoming = prefetch.submit(volume_of, folders[index + 1])
+                rest(volume, {"features": [], "model": [], "sr": []})
+                if progress:
+                    progress("pipelined", index + 1, series)
+        pipelined = time.perf_counter() - start
+        engine.dispose()
+
+    median = {name: statistics.median(values) * 1000 for name, values in timings.items()}
+    total = sum(median.values())
+    device_name = (
+        torch.cuda.get_device_name(predictor.device)
+        if predictor.device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    yield f"device: {device_name}; {series} series of {slices} slices 512x512; decode with {pool_name}"
+    yield f"{'stage':<14} {'ms/series':>10} {'share':>6}"
+    for name, value in median.items():
+        yield f"{name:<14} {value:>10.1f} {value / total:>6.1%}"
+    yield f"{'total':<14} {total:>10.1f}"
+    yield (
+        f"sequential: {series / sequential:.2f} series/s; "
+        f"pipelined (decode overlaps model): {series / pipelined:.2f} series/s"
+    )
+    yield f"pipeline time / bare model time: {total / median['model']:.2f}"
