@@ -27,6 +27,7 @@ from tace import phi
 from tace.db import Hl7Message, LabObservation, insert_ignore, utcnow
 from tace.jobs import wake_waiting_jobs
 from tace.logging import get_logger, unit_of_work
+from tace.metrics import metric
 
 log = get_logger("tace.hl7.intake")
 
@@ -98,6 +99,7 @@ class Hl7Intake:
         ack = build_ack(
             header, result.code, result.text, hl7_error=result.hl7_error, facility=self._policy.facility
         )
+        metric("hl7").labels(ack=result.code).inc()
         return ack, result
 
     def _process(self, raw: bytes, header: Header) -> IntakeResult:

@@ -25,6 +25,7 @@ from listener.eligibility import EligibilityRules, ineligibility
 from tace.db import Association, AssociationOutcome, Series, SeriesAssociation, SeriesState, utcnow
 from tace.jobs import create_job
 from tace.logging import get_logger, unit_of_work
+from tace.metrics import metric
 
 log = get_logger("tace.listener.completion")
 
@@ -126,6 +127,8 @@ def scan(engine: Engine, policy: CompletionPolicy) -> ScanResult:
     result = ScanResult()
     for series_id, seen_last in _candidates(engine, policy, utcnow()):
         outcome = complete_series(engine, series_id, seen_last, policy)
+        if outcome is not None:
+            metric("series").labels(result=outcome).inc()
         if outcome == "complete":
             result.completed += 1
         elif outcome == "ineligible":

@@ -27,6 +27,7 @@ from listener.dataset_check import UnreadableDataset, image_plane, read_header
 from tace import phi
 from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, insert_ignore, utcnow
 from tace.logging import get_logger
+from tace.metrics import metric
 from tace.storage import InvalidUID, Storage, check_uid, fsync_directory, sha256_of
 
 log = get_logger("tace.listener.ingest")
@@ -147,6 +148,7 @@ class Ingestor:
         with ledger.lock:
             if not outcome.ok:
                 ledger.failed += 1
+        metric("cstore").labels(status=f"0x{outcome.status:04X}").inc()
         return outcome
 
     def _store(
@@ -172,6 +174,7 @@ class Ingestor:
             if sop_class_uid not in CT_SOP_CLASSES:
                 with ledger.lock:
                     ledger.discarded[sop_class_uid] += 1
+                metric("instances").labels(kind="other").inc()
                 return Outcome(SUCCESS)
             study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
             series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
@@ -200,6 +203,8 @@ class Ingestor:
         with ledger.lock:
             ledger.stored += 1
             ledger.bytes_received += size
+        metric("instances").labels(kind="ct").inc()
+        metric("bytes").inc(size)
         if change == "replaced":
             log.warning("store.instance_replaced", series=series_uid, sop_instance=sop_uid)
         return Outcome(SUCCESS, stored=change != "unchanged")

@@ -27,6 +27,7 @@ from listener.contexts import supported_contexts
 from listener.ingest import AssociationLedger, Ingestor
 from tace.db import Association, AssociationOutcome, session_scope, utcnow
 from tace.logging import get_logger, unit_of_work
+from tace.metrics import metric
 from tace.settings import Settings
 from tace.storage import Storage
 
@@ -200,6 +201,7 @@ class Listener:
                 session.add(row)
         except Exception:
             log.exception("association.record_failed")
+        metric("associations").labels(outcome="rejected").inc()
         log.warning("association.rejected", peer=host, calling_ae=row.calling_ae, reason=reason)
 
     def _on_requested(self, event: evt.Event) -> None:
@@ -294,6 +296,7 @@ class Listener:
             log.info(
                 "association.discarded_non_ct", association_id=state.row_id, by_class=dict(ledger.discarded)
             )
+        metric("associations").labels(outcome=outcome.value).inc()
         log.info(
             "association.ended",
             association_id=state.row_id,

@@ -135,3 +135,107 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+def deliveries(session: Session, job_id: int) -> list[dict[str, Any]]:
+    from tace.db import Delivery
+
+    rows = session.exec(select(Delivery).where(Delivery.job_id == job_id).order_by(col(Delivery.id))).all()
+    return [row.model_dump(exclude={"id", "job_id"}) for row in rows]
+
+
+def patient_identity(session: Session, job_id: int) -> dict[str, Any] | None:
+    """Identifiers of a job's patient: only for callers whose role allows them."""
+    row = session.exec(_jobs_with_series().where(Job.id == job_id)).first()
+    if row is None:
+        return None
+    study = row[2]
+    return {
+        "patient_id": study.patient_id,
+        "issuer_of_patient_id": study.issuer_of_patient_id,
+        "patient_name": study.patient_name,
+        "patient_birth_date": study.patient_birth_date,
+        "accession_number": study.accession_number,
+    }
+
+
+def list_series(session: Session, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    query = select(Series, Study).join(Study, col(Study.id) == Series.study_id)
+    if state is not None:
+        query = query.where(Series.state == state)
+    rows = session.exec(query.order_by(col(Series.id).desc()).limit(limit)).all()
+    return [
+        {
+            "id": series.id,
+            "series_instance_uid": series.series_instance_uid,
+            "study_instance_uid": study.study_instance_uid,
+            "patient_hash": study.patient_hash,
+            "modality": series.modality,
+            "series_description": series.series_description,
+            "state": str(series.state),
+            "ineligible_reason": series.ineligible_reason,
+            "instance_count": series.instance_count,
+            "generation": series.generation,
+            "last_received_at": series.last_received_at,
+            "completed_at": series.completed_at,
+        }
+        for series, study in rows
+    ]
+
+
+def list_associations(session: Session, *, limit: int = 100) -> list[dict[str, Any]]:
+    from tace.db import Association
+
+    rows = session.exec(select(Association).order_by(col(Association.id).desc()).limit(limit)).all()
+    return [row.model_dump() for row in rows]
+
+
+def lab_status(session: Session, patient_hash: str) -> dict[str, Any]:
+    """Per feature: how many values, the latest observation time, and rejections; no identifiers."""
+    import sqlalchemy as sa
+
+    from tace.db import LabObservation
+
+    table = LabObservation.__table__
+    rows = session.execute(
+        sa.select(
+            table.c.feature,
+            sa.func.count(),
+            sa.func.max(table.c.observed_at),
+            sa.func.sum(sa.case((table.c.rejected_reason.is_not(None), 1), else_=0)),
+        )
+        .where(table.c.patient_hash == patient_hash, table.c.superseded_at.is_(None))
+        .group_by(table.c.feature)
+    ).all()
+    return {
+        "patient_hash": patient_hash,
+        "features": {
+            (feature or "(unmapped)"): {"values": count, "latest": latest, "rejected": int(rejected or 0)}
+            for feature, count, latest, rejected in rows
+        },
+    }
+
+
+def list_srs(session: Session, *, limit: int = 100) -> list[dict[str, Any]]:
+    rows = session.exec(
+        select(Prediction, Job, Series)
+        .join(Job, col(Job.id) == Prediction.job_id)
+        .join(Series, col(Series.id) == Job.series_id)
+        .order_by(col(Prediction.id).desc())
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "job_id": job.id,
+            "job_state": str(job.state),
+            "series_instance_uid": series.series_instance_uid,
+            "sr_sop_instance_uid": prediction.sr_sop_instance_uid,
+            "sr_path": prediction.sr_path,
+            "label": prediction.label,
+            "probability": prediction.probability,
+            "model_version": prediction.model_version,
+            "demo_model": prediction.demo_model,
+            "created_at": prediction.created_at,
+        }
+        for prediction, job, series in rows
+    ]

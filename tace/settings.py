@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     job_stall_seconds: float = Field(default=300.0, gt=0)
     relay_interval_seconds: float = Field(default=1.0, gt=0)
     visibility_timeout_seconds: int = Field(default=7200, gt=0)
+
+    api_token: SecretStr | None = None
+    api_phi_token: SecretStr | None = None
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

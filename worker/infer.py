@@ -23,6 +23,7 @@ from model.schema import SchemaError
 from tace.db import Instance, Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
 from tace.jobs import Heartbeat, Lease, LeaseLost, claim, finish, mark_published
 from tace.logging import get_logger, unit_of_work
+from tace.metrics import metric
 from tace.queue import BrokerUnavailable
 from tace.storage import atomic_write
 from worker.context import WorkerContext
@@ -208,6 +209,8 @@ def _infer(ctx: WorkerContext, lease: Lease) -> str:
             detail=f"{result.label} p={result.probability:.3f}",
             session=session,
         )
+    for stage, seconds in timer.stages.items():
+        metric("stage").labels(stage=stage).observe(seconds)
     log.info(
         "job.predicted",
         label=result.label,

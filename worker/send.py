@@ -23,6 +23,7 @@ from sqlmodel import select
 from tace.db import Delivery, DeliveryState, JobState, Prediction, Stage, session_scope, utcnow
 from tace.jobs import Heartbeat, Lease, LeaseLost, claim, finish
 from tace.logging import get_logger, unit_of_work
+from tace.metrics import metric
 from tace.settings import Destination, Settings
 from worker.context import WorkerContext
 from worker.sr import sop_class
@@ -152,6 +153,7 @@ def _send(ctx: WorkerContext, lease: Lease) -> str:
             else DeliveryState.failed
         )
         _record(ctx, lease.job_id, name, prediction.sr_sop_instance_uid, state, result, attempts)
+        metric("sends").labels(destination=name, outcome=state.value).inc()
         log.info("sr.delivery", destination=name, state=state, detail=result.detail, attempts=attempts)
         if state == DeliveryState.retrying:
             pending.append((name, result.detail, attempts))

@@ -12,13 +12,7 @@ import sys
 import typer
 
 from tace.cli import jobs, labs, modelcmd, ops, services
-from tace.cli.base import app, pending
-
-for _app, _name, _summary in (
-    (app, "up", "Start everything on one machine with embedded defaults."),
-    (app, "api", "Run the admin API and web page."),
-):
-    pending(_app, _name, _summary)
+from tace.cli.base import app
 
 
 def main(args: list[str] | None = None) -> None:

@@ -66,11 +66,12 @@ class Runtime:
                 self._settings = load_settings(self.config_file, **overrides)
             except SettingsError as exc:
                 fail(str(exc))
-            from tace import phi
+            from tace import metrics, phi
             from tace.logging import configure_logging
 
             configure_logging(self._settings.log_level, self._settings.log_format)
             phi.load_hash_key(self._settings.data_dir)
+            metrics.init(self._settings.data_dir)
         return self._settings
 
     def configure(self) -> None:
@@ -134,19 +135,3 @@ def print_json(value: Any) -> None:
 
 def short_time(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-PENDING = "not available yet"
-
-
-def pending(typer_app: typer.Typer, name: str, summary: str) -> None:
-    """Register a command that later work builds: it says so and exits 2."""
-
-    def command() -> None:
-        fail(f"`{name}` is {PENDING} in this version")
-
-    command.__doc__ = f"({PENDING}) {summary}"
-    typer_app.command(
-        name.split()[-1],
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )(command)

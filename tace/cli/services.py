@@ -15,6 +15,9 @@ def listen(
     processes: Annotated[
         int | None, typer.Option(help="Receiving processes sharing the port (TACE_LISTENER_PROCESSES).")
     ] = None,
+    relay: Annotated[
+        bool, typer.Option(help="Also run the outbox relay (off when it runs as its own service).")
+    ] = True,
 ) -> None:
     """Run the DICOM listener (C-STORE SCP), series completion and the relay until stopped."""
     from listener.service import serve
@@ -25,7 +28,7 @@ def listen(
         settings = settings.model_copy(update={"listener_processes": processes})
     engine = runtime.engine()
     stop = stop_on_signals()
-    serve(settings, engine, stop)
+    serve(settings, engine, stop, relay=relay)
 
 
 @bench_app.command("ingest")
@@ -123,3 +126,83 @@ def bench_pipeline(
         )
     for line in lines:
         typer.echo(line)
+
+
+@app.command()
+def api(ctx: typer.Context) -> None:
+    """Run the admin API, web page, /metrics and /healthz on TACE_API_PORT (until stopped)."""
+    import uvicorn
+
+    from tace.api.app import create_app
+
+    runtime = runtime_of(ctx)
+    settings = runtime.settings
+    uvicorn.run(
+        create_app(settings, runtime.engine()),
+        host=settings.bind_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command()
+def up(ctx: typer.Context) -> None:
+    """Start everything on one machine: listener, HL7 feed, worker, relay and admin API (Ctrl-C stops)."""
+    import os
+    import shutil
+
+    from tace.api.auth import operator_token
+    from tace.cli.base import fail
+    from tace.storage import Storage
+    from tace.supervisor import Service, Supervisor
+    from worker.context import checkpoint_path, ensure_checkpoint
+
+    runtime = runtime_of(ctx)
+    settings = runtime.settings
+    engine = runtime.engine()
+    engine.dispose()
+    Storage(settings.data_dir).ensure()
+    shutil.rmtree(settings.data_dir / "metrics", ignore_errors=True)
+    if settings.model_checkpoint is None and not checkpoint_path(settings).exists():
+        typer.echo("first start: training the demo model on synthetic data (about a minute)...")
+    checkpoint = ensure_checkpoint(settings)
+    token = operator_token(settings)
+    env = dict(os.environ)
+    if runtime.config_file is not None:
+        env["TACE_CONFIG"] = str(runtime.config_file.absolute())
+    env.setdefault("TACE_DATA_DIR", str(settings.data_dir))
+    services = [
+        Service("listener", ("listen",), port=settings.dicom_port, stop_seconds=20),
+        Service("hl7", ("hl7",), port=settings.hl7_port, stop_seconds=20),
+        Service("worker", ("worker", "--name", "up@%h"), stop_seconds=120),
+        Service("api", ("api",), port=settings.api_port, stop_seconds=10),
+    ]
+    supervisor = Supervisor(services, env, settings.data_dir / "logs")
+    stop = stop_on_signals()
+    supervisor.start()
+    problems = supervisor.wait_ready(timeout=120)
+    if problems:
+        supervisor.shutdown()
+        fail(f"not ready: {'; '.join(problems)} (logs in {settings.data_dir / 'logs'})")
+    demo = " DEMO model (synthetic training data)" if settings.model_checkpoint is None else ""
+    destinations = (
+        ", ".join(str(d) for d in settings.destinations) or "none: SRs are kept on disk and listed by the API"
+    )
+    typer.echo(
+        f"TACE gateway - research use only.{demo}\n"
+        f"  DICOM    AE {settings.ae_title} on port {settings.dicom_port}\n"
+        f"  HL7      MLLP on port {settings.hl7_port}\n"
+        f"  admin    http://localhost:{settings.api_port}/  (token: {token})\n"
+        f"  metrics  http://localhost:{settings.api_port}/metrics\n"
+        f"  model    {checkpoint}\n"
+        f"  SRs to   {destinations}\n"
+        f"  data     {settings.data_dir} (logs in {settings.data_dir / 'logs'})\n"
+        "ready"
+    )
+    try:
+        supervisor.supervise(stop)
+    finally:
+        typer.echo("stopping: letting the worker finish the job in hand...")
+        supervisor.shutdown()
+        typer.echo("stopped")

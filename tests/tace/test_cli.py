@@ -105,9 +105,3 @@ def test_jobs_errors(data_dir: Path, sqlite_engine: Engine) -> None:
     bad_state = tace("jobs", "list", "--state", "done", data_dir=data_dir)
     assert bad_state.returncode == 2
     assert "unknown state 'done'" in bad_state.stderr
-
-
-def test_commands_not_built_yet_say_so_and_exit_2() -> None:
-    result = tace("api")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "tace: error: `api` is not available yet in this version"
