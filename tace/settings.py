@@ -82,6 +82,7 @@ class Settings(BaseSettings):
         extra="forbid",
         frozen=True,
         validate_default=True,
+        env_ignore_empty=True,
     )
 
     data_dir: Path = Path("tace-data")

@@ -78,3 +78,11 @@ def test_unknown_key_in_toml_is_named(tmp_path: Path) -> None:
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_empty_environment_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TACE_API_TOKEN", "TACE_MODEL_CHECKPOINT", "TACE_DEFAULT_ISSUER", "TACE_DESTINATIONS"):
+        monkeypatch.setenv(name, "")
+    settings = load_settings()
+    assert settings.api_token is None and settings.model_checkpoint is None
+    assert settings.default_issuer is None and settings.destinations == []

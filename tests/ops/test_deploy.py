@@ -1,0 +1,78 @@
+"""Deployment files: the compose file validates, units and the example config are usable."""
+
+from __future__ import annotations
+
+import configparser
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tace.settings import load_settings
+from tests.support.processes import REPO_ROOT
+from tests.support.services import require_tool
+
+DEPLOY = REPO_ROOT / "deploy"
+
+
+def test_compose_file_validates_with_docker_compose() -> None:
+    binary = require_tool("docker-compose")
+    result = subprocess.run(
+        [binary, "-f", str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = config["services"]
+    assert {
+        "redis",
+        "postgres",
+        "listener",
+        "hl7",
+        "relay",
+        "worker-cpu",
+        "worker-gpu",
+        "api",
+        "flower",
+    } <= set(services)
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    for name in ("listener", "hl7", "relay", "worker-cpu", "worker-gpu", "api"):
+        assert services[name]["volumes"][0].startswith("tace-data:/var/lib/tace")
+        assert services[name]["environment"]["TACE_BROKER_URL"] == "redis://redis:6379/0"
+        assert services[name]["restart"] == "unless-stopped"
+    for name in ("redis", "postgres", "listener", "hl7", "api"):
+        assert "healthcheck" in services[name], name
+    assert services["listener"]["command"] == ["listen", "--no-relay"]
+
+
+def test_example_config_loads(monkeypatch) -> None:
+    settings = load_settings(DEPLOY / "tace.example.toml")
+    assert str(settings.destinations[0]) == "PACS@pacs.hospital.local:104"
+    assert settings.hl7_facility_issuers == {"LAB_NORTH": "HOSP"}
+
+
+def test_systemd_units_run_tace_commands() -> None:
+    units = sorted(DEPLOY.glob("systemd/*.service"))
+    assert {u.name for u in units} >= {
+        "tace-listener.service",
+        "tace-hl7.service",
+        "tace-relay.service",
+        "tace-worker-gpu@.service",
+        "tace-worker-send.service",
+        "tace-api.service",
+    }
+    for unit in units:
+        parser = configparser.ConfigParser(interpolation=None, strict=False)
+        parser.read(unit)
+        command = parser["Service"]["ExecStart"].split()
+        assert command[0] == "/opt/tace/venv/bin/tace", unit.name
+        assert parser["Service"]["User"] == "tace"
+    target = (DEPLOY / "systemd/tace.target").read_text()
+    assert "tace-worker-gpu@0.service" in target
+
+
+def test_dockerfiles_pin_torch_and_install_the_package() -> None:
+    for name in ("Dockerfile", "Dockerfile.cuda"):
+        text = (DEPLOY / name).read_text()
+        assert "torch==2.13.0" in text and "pip install ." in text, name
+    assert Path(DEPLOY / "prometheus/prometheus.yml").read_text().count("metrics_path: /metrics") == 1
