@@ -35,22 +35,29 @@ class Header:
 
 
 def read_header(path: Path) -> Header:
-    """Parse everything but the pixel data, and check the pixel data is complete."""
+    """Parse everything but the pixel data, and check the pixel data is complete.
+
+    pydicom converts element values lazily; every element is converted here, inside
+    the guard, so a malformed value is a refusal now rather than an error later.
+    """
     try:
         with path.open("rb") as handle:
             dataset = pydicom.dcmread(handle, stop_before_pixels=True)
             transfer_syntax = dataset.file_meta.get("TransferSyntaxUID")
-            if transfer_syntax is None:
+            if not isinstance(transfer_syntax, str) or not transfer_syntax:
                 raise UnreadableDataset("no transfer syntax in file meta")
+            transfer_syntax = UID(transfer_syntax)
             position = handle.tell()
             size = path.stat().st_size
             if position < size and not transfer_syntax.is_deflated:
                 _check_pixel_data(handle, position, size, transfer_syntax)
+            for _ in dataset.iterall():
+                pass
     except UnreadableDataset:
         raise
     except Exception as exc:  # noqa: BLE001 - the parser raises many types on garbage
         raise UnreadableDataset(f"unparseable dataset ({exc.__class__.__name__})") from None
-    return Header(dataset=dataset, transfer_syntax=UID(transfer_syntax))
+    return Header(dataset=dataset, transfer_syntax=transfer_syntax)
 
 
 def _check_pixel_data(handle: BinaryIO, position: int, size: int, transfer_syntax: UID) -> None:

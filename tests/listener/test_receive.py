@@ -253,7 +253,7 @@ def test_repeated_instance_is_idempotent_and_changed_bytes_replace(ct_series, st
 
 def test_non_ct_objects_are_accepted_counted_and_not_kept(start_listener) -> None:
     listener = start_listener()
-    mr = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
+    mr = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm", download=False))
     assert send_datasets(listener.port, [mr])[0].Status == 0
     assert _rows(listener, Instance) == []
     assert not (listener.data_dir / "dicom").exists() or not any((listener.data_dir / "dicom").iterdir())

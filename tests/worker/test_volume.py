@@ -116,7 +116,7 @@ def test_unreadable_and_non_ct_files_are_named(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 10)
     with pytest.raises(VolumeError, match="junk.dcm: not a readable DICOM file"):
         read_volume([junk])
-    mr = Path(pydicom.data.get_testdata_file("MR_small.dcm"))
+    mr = Path(pydicom.data.get_testdata_file("MR_small.dcm", download=False))
     with pytest.raises(VolumeError, match="no CT images in the series"):
         read_volume([mr])
 
