@@ -39,6 +39,8 @@ REASON_NONE = 0x01
 REASON_CALLING_AE = 0x03
 REASON_CALLED_AE = 0x07
 DUL_POLL_SECONDS = 0.0001
+UNLIMITED_PDU_CAP = 64 * 1024 * 1024
+PDU_SLACK = 64 * 1024
 
 
 def tune_pynetdicom(staging_dir: Path) -> None:
@@ -151,13 +153,32 @@ class Listener:
     # --- association lifecycle -----------------------------------------------------
 
     def _on_connection(self, event: evt.Event) -> None:
-        """Poll the socket every 0.1 ms instead of 1 ms while the connection is idle.
+        """Harden the new connection before the peer says anything.
 
-        storescu and most PACS wait for each C-STORE response before sending the
-        next instance, so this loop's latency is paid once per instance; pynetdicom
-        documents the delay as the knob trading idle CPU for latency.
+        * Poll every 0.1 ms instead of 1 ms: storescu and most PACS wait for each
+          C-STORE response before sending the next instance, so this latency is
+          paid once per instance (pynetdicom documents the delay as the knob).
+        * A socket timeout: pynetdicom reads a whole PDU in a blocking loop, so a
+          peer that announces a length and then stalls would hold the connection
+          (and an association slot) forever; with the timeout it is closed.
+        * A PDU larger than our maximum (plus header) is refused before it is
+          buffered, so a peer cannot make us hold gigabytes in memory.
         """
-        event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+        dul = event.assoc.dul
+        dul._run_loop_delay = DUL_POLL_SECONDS
+        transport = dul.socket
+        if transport is None or transport.socket is None:
+            return
+        transport.socket.settimeout(self._settings.dicom_network_timeout)
+        limit = (self._settings.dicom_max_pdu or UNLIMITED_PDU_CAP) + PDU_SLACK
+        read = transport.recv
+
+        def bounded_recv(nr_bytes: int) -> bytearray:
+            if nr_bytes > limit:
+                raise OSError(f"PDU of {nr_bytes} bytes exceeds the {limit}-byte limit")
+            return read(nr_bytes)
+
+        transport.recv = bounded_recv
 
     def _peer(self, event: evt.Event) -> tuple[str, int | None]:
         info = event.assoc.requestor

@@ -14,7 +14,16 @@ from tace.db import make_engine
 from tace.schema import upgrade_schema
 from tace.settings import Settings
 from tace.synthetic_ct import SeriesSpec, write_series
-from tests.support.services import RedisServer, free_port, postgres_database, shared_redis_url
+from tests.support.listener import ListenerProcess
+from tests.support.mllp import Hl7Listener
+from tests.support.processes import spawn, stop, tace_command, tace_env
+from tests.support.services import (
+    RedisServer,
+    free_port,
+    postgres_database,
+    shared_redis_url,
+    wait_for_port,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +117,47 @@ def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     recipe = DemoRecipe(cases=24, slices=6, size=32, image_size=32, max_slices=8, epochs=3)
     make_demo_checkpoint(path, recipe=recipe)
     return path
+
+
+@pytest.fixture
+def start_listener(data_dir: Path, tmp_path: Path) -> Iterator[Callable[..., ListenerProcess]]:
+    """Start `tace listen` with the given settings (quick completion timers by default)."""
+    started: list[ListenerProcess] = []
+
+    def start(**settings: object) -> ListenerProcess:
+        settings.setdefault("series_quiet_seconds", 30)
+        settings.setdefault("release_grace_seconds", 1)
+        settings.setdefault("min_free_bytes", 0)
+        settings.setdefault("log_format", "json")
+        listener = ListenerProcess(
+            data_dir=data_dir, log=tmp_path / f"listener-{len(started)}.log", settings=settings
+        )
+        started.append(listener)
+        return listener.start()
+
+    yield start
+    for listener in started:
+        listener.close()
+
+
+@pytest.fixture
+def start_hl7(data_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Hl7Listener]]:
+    processes = []
+    engines = []
+
+    def start(**settings: object) -> Hl7Listener:
+        port = free_port()
+        settings.setdefault("log_format", "json")
+        env = tace_env(data_dir=data_dir, hl7_port=port, **settings)
+        processes.append(spawn(tace_command("hl7"), env, tmp_path / f"hl7-{len(processes)}.log"))
+        wait_for_port(port, timeout=30)
+        url = settings.get("database_url") or f"sqlite:///{data_dir / 'tace.db'}"
+        engine = make_engine(str(url))
+        engines.append(engine)
+        return Hl7Listener(port, data_dir, engine)
+
+    yield start
+    for process in processes:
+        stop(process)
+    for engine in engines:
+        engine.dispose()

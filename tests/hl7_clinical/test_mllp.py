@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from tace.db import Hl7Message, LabObservation
-from tests.hl7_clinical.conftest import END, START, Hl7Listener, msa, read_frame
 from tests.support.hl7_messages import CBC, COAGULATION, LIVER, oru
+from tests.support.mllp import END, START, Hl7Listener, msa, read_frame
 
 pytestmark = pytest.mark.slow
 

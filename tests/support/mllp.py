@@ -1,16 +1,12 @@
+"""An MLLP client for tests: frames, reads ACKs, picks MSA fields."""
+
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from sqlalchemy.engine import Engine
-
-from tace.db import make_engine
-from tests.support.processes import spawn, stop, tace_command, tace_env
-from tests.support.services import free_port, wait_for_port
 
 START, END = b"\x0b", b"\x1c\r"
 
@@ -50,26 +46,3 @@ def read_frame(sock: socket.socket) -> str:
 def msa(ack: str) -> list[str]:
     line = next(segment for segment in ack.split("\r") if segment.startswith("MSA|"))
     return line.split("|")
-
-
-@pytest.fixture
-def start_hl7(data_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Hl7Listener]]:
-    processes = []
-    engines = []
-
-    def start(**settings: object) -> Hl7Listener:
-        port = free_port()
-        settings.setdefault("log_format", "json")
-        env = tace_env(data_dir=data_dir, hl7_port=port, **settings)
-        processes.append(spawn(tace_command("hl7"), env, tmp_path / f"hl7-{len(processes)}.log"))
-        wait_for_port(port, timeout=30)
-        url = settings.get("database_url") or f"sqlite:///{data_dir / 'tace.db'}"
-        engine = make_engine(str(url))
-        engines.append(engine)
-        return Hl7Listener(port, data_dir, engine)
-
-    yield start
-    for process in processes:
-        stop(process)
-    for engine in engines:
-        engine.dispose()
