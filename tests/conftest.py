@@ -161,3 +161,58 @@ def start_hl7(data_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Hl7Liste
         stop(process)
     for engine in engines:
         engine.dispose()
+
+
+# --- the log scan: no identifier from the test data may reach any log -------------------
+
+TEST_IDENTIFIERS = (
+    "SYN0001",
+    "Synthetic^Patient",
+    "19600101",
+    "MRN4711",
+    "Doe^Jane",
+    "19570311",
+    "MRN5555",
+    "UP0001",
+    "UP0002",
+    "WEB0001",
+    "Web^Patient",
+    "MRN884211",
+)
+PEER_LOGS = ("orthanc", "server.log")
+
+
+def product_log_file(factory: pytest.TempPathFactory) -> Path:
+    return factory.getbasetemp() / "in-process-product.log"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _product_logs_to_a_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Code under test that runs in this process logs, redacted as in production, to a scanned file."""
+    from tace.logging import configure_logging
+
+    with product_log_file(tmp_path_factory).open("a") as stream:
+        configure_logging("debug", "json", stream=stream)
+        yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    base = factory.getbasetemp()
+    leaks = []
+    for path in base.rglob("*"):
+        if (
+            path.suffix not in (".log", ".out")
+            or any(part in str(path) for part in PEER_LOGS)
+            or not path.is_file()
+        ):
+            continue
+        text = path.read_text(errors="replace")
+        leaks.extend(f"{path}: {identifier}" for identifier in TEST_IDENTIFIERS if identifier in text)
+    if leaks:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            "PATIENT IDENTIFIERS IN LOGS:\n  " + "\n  ".join(leaks[:50]), red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

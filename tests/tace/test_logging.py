@@ -16,11 +16,14 @@ class _Pipe(io.StringIO):
 
 
 @pytest.fixture
-def captured() -> _Pipe:
+def captured(tmp_path_factory: pytest.TempPathFactory) -> _Pipe:
+    from tests.conftest import product_log_file
+
     stream = _Pipe()
     configure_logging("debug", "auto", stream=stream)
     yield stream
     phi.forget_all()
+    configure_logging("debug", "json", stream=product_log_file(tmp_path_factory).open("a"))
 
 
 def _lines(stream: _Pipe) -> list[dict[str, object]]:
@@ -88,7 +91,7 @@ def test_patient_hash_is_keyed_and_stable(tmp_path) -> None:
     assert (tmp_path / "patient-hash.key").stat().st_mode & 0o077 == 0
 
 
-def test_loggers_created_before_configuration_follow_it() -> None:
+def test_loggers_created_before_configuration_follow_it(captured: _Pipe) -> None:
     early = get_logger("module.level")
     stream = _Pipe()
     configure_logging("info", "auto", stream=stream)
