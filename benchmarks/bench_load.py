@@ -154,7 +154,8 @@ def main() -> int:
                     acknowledged_instances += len(paths)
                     sent_series.append(spec.uids()[1])
             else:
-                sender_errors.append(result.stderr.strip()[-200:])
+                output = (result.stderr + result.stdout).strip().splitlines()
+                sender_errors.append(f"storescu exit {result.returncode}: {' | '.join(output[-3:])}")
             shutil.rmtree(folder, ignore_errors=True)
             round_number += 1
 
@@ -233,9 +234,11 @@ def main() -> int:
             f"last {samples[-1]:7.1f} MB  max {max(samples):7.1f} MB  ({growth:+.1f}% since warm-up)"
         )
     print(
-        f"lost: {len(lost_series)} series, {acknowledged_instances - instances} instances; "
+        f"lost: {len(lost_series)} series, {max(acknowledged_instances - instances, 0)} instances; "
         f"sender errors {len(sender_errors)}"
     )
+    for error in sender_errors[:3]:
+        print(f"  sender error: {error}")
     with psycopg.connect(options.postgres, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     shutil.rmtree(work, ignore_errors=True)

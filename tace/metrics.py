@@ -9,6 +9,7 @@ state, queue depth, series waiting) are read from the database at scrape time.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 _metrics: dict[str, Any] = {}
+_lock = threading.Lock()
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -48,8 +50,11 @@ def _define() -> dict[str, Any]:
 
 
 def metric(name: str) -> Any:
+    """The named metric, defined once per process even when threads ask at the same time."""
     if not _metrics:
-        _metrics.update(_define())
+        with _lock:
+            if not _metrics:
+                _metrics.update(_define())
     return _metrics[name]
 
 

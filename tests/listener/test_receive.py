@@ -370,3 +370,23 @@ def test_the_listener_process_never_loads_torch(start_listener) -> None:
     listener = start_listener()
     maps = Path(f"/proc/{listener.pid}/maps").read_text()
     assert "libtorch" not in maps and "torch" not in maps
+
+
+def test_parallel_senders_from_the_first_moment_all_succeed(dcmtk: None, ct_series, start_listener) -> None:
+    """Three storescu at once on a fresh listener: per-process set-up must be safe under concurrency."""
+    import subprocess
+
+    listener = start_listener()
+    folders = [ct_series(slices=20, rows=64, columns=64, seed=300 + n, series_number=n + 1) for n in range(3)]
+    senders = [
+        subprocess.Popen(
+            ["/usr/bin/storescu", "-aec", "TACE", "127.0.0.1", str(listener.port), *map(str, files)],
+            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for files in folders
+    ]
+    outputs = [sender.communicate(timeout=120)[0] for sender in senders]
+    assert [sender.returncode for sender in senders] == [0, 0, 0], outputs
+    assert len(_rows(listener, Instance)) == 60
