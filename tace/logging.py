@@ -45,6 +45,7 @@ _NOISY_LOGGERS = {
     "amqp": logging.WARNING,
     "uvicorn.access": logging.WARNING,
     "highdicom": logging.WARNING,
+    "pydicom": logging.ERROR,
 }
 
 
@@ -135,6 +136,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    logging.captureWarnings(True)
     for name, noisy_level in _NOISY_LOGGERS.items():
         logging.getLogger(name).setLevel(max(noisy_level, numeric_level))
 

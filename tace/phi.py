@@ -65,6 +65,8 @@ def patient_hash(patient_id: str | None, issuer: str | None = None) -> str:
 
 
 _TOKEN = re.compile(r"[^\W_]+(?:[-./][^\W_]+)*")
+_ESCAPE_OR_TOKEN = re.compile(r"\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|[^\W_]+(?:[-./][^\W_]+)*")
+"""Escaped bytes (as in a repr of raw DICOM) separate tokens: ``\\x00SYN0001`` holds ``SYN0001``."""
 
 
 def _tokens(text: str) -> list[str]:
@@ -101,7 +103,9 @@ def scrub(text: str) -> str:
     if not _protected:
         return text
     protected = _protected
-    return _TOKEN.sub(lambda match: REDACTED if match.group(0) in protected else match.group(0), text)
+    return _ESCAPE_OR_TOKEN.sub(
+        lambda match: REDACTED if match.group(0) in protected else match.group(0), text
+    )
 
 
 def forget_all() -> None:

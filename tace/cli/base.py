@@ -70,6 +70,7 @@ class Runtime:
             from tace.logging import configure_logging
 
             configure_logging(self._settings.log_level, self._settings.log_format)
+            quiet_dicom_validation()
             phi.load_hash_key(self._settings.data_dir)
             metrics.init(self._settings.data_dir)
         return self._settings
@@ -93,6 +94,13 @@ class Runtime:
                 fail(str(exc))
             self._engine = engine
         return self._engine
+
+
+def quiet_dicom_validation() -> None:
+    """pydicom's value warnings quote raw dataset bytes (names, IDs); we validate what we use ourselves."""
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def runtime_of(ctx: typer.Context) -> Runtime:

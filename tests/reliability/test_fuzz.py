@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pydicom
+import pydicom.config
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -88,7 +89,10 @@ def _alarm(signum, frame):
     raise _Timeout
 
 
-def test_cstore_handler_survives_ten_thousand_mutated_datasets(tmp_path: Path) -> None:
+def test_cstore_handler_survives_ten_thousand_mutated_datasets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.IGNORE)
     root = tmp_path / "data"
     storage = Storage(root)
     storage.ensure()

@@ -98,3 +98,12 @@ def test_loggers_created_before_configuration_follow_it(captured: _Pipe) -> None
     early.info("late.configured", job_id=3)
     (line,) = _lines(stream)
     assert line["event"] == "late.configured" and line["job_id"] == 3
+
+
+def test_values_glued_to_escaped_bytes_are_scrubbed(captured: _Pipe) -> None:
+    phi.protect("SYN0001", "19600101")
+    logging.getLogger("py.warnings").warning("Invalid value for VR LO: b'\\x00SYN0001'")
+    get_logger("test").warning("raw", value=repr(b"\x00SYN0001\x0019600101"))
+    output = captured.getvalue()
+    assert "SYN0001" not in output and "19600101" not in output
+    assert output.count(phi.REDACTED) == 3
