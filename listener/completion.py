@@ -151,7 +151,7 @@ def listener_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -175,7 +175,7 @@ def close_orphaned_associations(engine: Engine) -> int:
                 table.c.ended_at.is_(None), table.c.listener.like(f"{host}:%")
             )
         ).all()
-        dead = [row.id for row in rows if not _alive(int(row.listener.rsplit(":", 1)[1]))]
+        dead = [row.id for row in rows if not process_alive(int(row.listener.rsplit(":", 1)[1]))]
         if dead:
             connection.execute(
                 table.update()

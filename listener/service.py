@@ -17,7 +17,13 @@ from multiprocessing.process import BaseProcess
 
 from sqlalchemy.engine import Engine
 
-from listener.completion import CompletionPolicy, close_orphaned_associations, listener_identity, run_scanner
+from listener.completion import (
+    CompletionPolicy,
+    close_orphaned_associations,
+    listener_identity,
+    process_alive,
+    run_scanner,
+)
 from listener.eligibility import EligibilityRules
 from listener.server import Listener, tune_pynetdicom
 from tace.db import make_engine
@@ -45,18 +51,8 @@ def _sweep_staging(storage: Storage) -> None:
     if not storage.staging_dir.is_dir():
         return
     for folder in storage.staging_dir.iterdir():
-        if folder.is_dir() and folder.name.isdigit() and not _alive(int(folder.name)):
+        if folder.is_dir() and folder.name.isdigit() and not process_alive(int(folder.name)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _receive(settings: Settings, engine: Engine, stop: threading.Event) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import threading
 from collections import OrderedDict
 from pathlib import Path
+
+from tace.storage import read_or_create_secret
 
 REDACTED = "[redacted]"
 
@@ -36,20 +37,7 @@ def load_hash_key(data_dir: Path) -> bytes:
     a deployment shares, which keeps hashes comparable across machines.
     """
     global _hash_key
-    path = data_dir / _KEY_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_hex(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(key)
-                handle.flush()
-                os.fsync(handle.fileno())
-    key_bytes = path.read_text().strip().encode()
+    key_bytes = read_or_create_secret(data_dir / _KEY_FILE, lambda: secrets.token_hex(32)).encode()
     with _lock:
         _hash_key = key_bytes
     return key_bytes

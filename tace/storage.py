@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,31 @@ def atomic_write(destination: Path, chunks: bytes | Iterable[bytes], staging_dir
         staging.unlink(missing_ok=True)
         raise
     return WrittenFile(path=destination, size=size, sha256=digest.hexdigest())
+
+
+def read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
+    """Read a per-installation secret, creating it (0600) if no process has yet.
+
+    The complete file is hard-linked into place, so a process that starts at the
+    same moment never reads a half-written secret, and the first writer wins.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=path.parent, prefix=".secret-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(make())
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(staging, path)
+            except FileExistsError:
+                pass
+            else:
+                fsync_directory(path.parent)
+        finally:
+            os.unlink(staging)
+    return path.read_text().strip()
 
 
 def sha256_of(path: Path, block: int = 1 << 20) -> str:

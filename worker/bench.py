@@ -101,15 +101,7 @@ def run_pipeline_benchmark(
             start = time.perf_counter()
             sr = build_sr(
                 volume.headers,
-                SrContent(
-                    result.probability,
-                    result.label,
-                    result.model_name,
-                    result.model_version,
-                    result.checkpoint_sha256,
-                    result.demo,
-                    result.missing_features,
-                ),
+                SrContent.of(result),
                 sr_identity(volume.series_instance_uid, result.model_version, 1),
             )
             sr.save_as(io.BytesIO(), enforce_file_format=True)

@@ -174,15 +174,7 @@ def _infer(ctx: WorkerContext, lease: Lease) -> str:
         identity = sr_identity(case.series.series_instance_uid, result.model_version, case.job.generation)
         sr = build_sr(
             volume.headers,
-            SrContent(
-                result.probability,
-                result.label,
-                result.model_name,
-                result.model_version,
-                result.checkpoint_sha256,
-                result.demo,
-                result.missing_features,
-            ),
+            SrContent.of(result),
             identity,
         )
         buffer = io.BytesIO()

@@ -85,15 +85,7 @@ def predict_folder(
         identity = sr_identity(volume.series_instance_uid, prediction.model_version, 1)
         sr = build_sr(
             volume.headers,
-            SrContent(
-                prediction.probability,
-                prediction.label,
-                prediction.model_name,
-                prediction.model_version,
-                prediction.checkpoint_sha256,
-                prediction.demo,
-                prediction.missing_features,
-            ),
+            SrContent.of(prediction),
             identity,
         )
         sr_out.parent.mkdir(parents=True, exist_ok=True)

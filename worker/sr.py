@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 from highdicom.sr import (
@@ -33,6 +34,9 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
+
+if TYPE_CHECKING:
+    from model.predictor import PredictionResult
 
 SCHEME = "99TACE"
 SCHEME_NAME = "TACE response gateway codes"
@@ -84,6 +88,18 @@ class SrContent:
     checkpoint_sha256: str
     demo: bool
     missing_features: Sequence[str]
+
+    @classmethod
+    def of(cls, prediction: PredictionResult) -> SrContent:
+        return cls(
+            prediction.probability,
+            prediction.label,
+            prediction.model_name,
+            prediction.model_version,
+            prediction.checkpoint_sha256,
+            prediction.demo,
+            prediction.missing_features,
+        )
 
 
 def _disclaimer(content: SrContent) -> str:

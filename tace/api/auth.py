@@ -9,12 +9,12 @@ the PHI token exists only when an administrator configures one.
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from tace.settings import Settings
+from tace.storage import read_or_create_secret
 
 OPERATOR = "operator"
 PHI = "phi"
@@ -33,17 +33,7 @@ class Principal:
 def operator_token(settings: Settings) -> str:
     if settings.api_token is not None:
         return settings.api_token.get_secret_value()
-    path = Path(settings.data_dir) / _TOKEN_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return read_or_create_secret(Path(settings.data_dir) / _TOKEN_FILE, lambda: secrets.token_urlsafe(32))
 
 
 class TokenCheck:

@@ -31,23 +31,12 @@ def scripted_pacs() -> Iterator[ScriptedPacs]:
 
 @pytest.fixture
 def gateway_factory(data_dir: Path, tmp_path: Path, demo_checkpoint: Path) -> Iterator:
-    from tests.support.gateway import Gateway
+    from tests.support.gateway import Gateway, quick_settings
 
     made: list[Gateway] = []
 
     def build(**settings: object) -> Gateway:
-        defaults = {
-            "model_checkpoint": demo_checkpoint,
-            "device": "cpu",
-            "release_grace_seconds": 1,
-            "series_quiet_seconds": 30,
-            "min_free_bytes": 0,
-            "min_slices": 8,
-            "job_stall_seconds": 4,
-            "relay_interval_seconds": 0.2,
-            "required_features": "none",
-        }
-        defaults.update(settings)
+        defaults = quick_settings(demo_checkpoint, **settings)
         if not defaults.get("destinations"):
             defaults.pop("destinations", None)
         instance = Gateway(data_dir=data_dir, log_dir=tmp_path, settings=defaults)

@@ -89,6 +89,7 @@ def _alarm(signum, frame):
     raise _Timeout
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_cstore_handler_survives_ten_thousand_mutated_datasets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,22 @@ from tests.support.processes import kill_hard, spawn, stop, tace_command, tace_e
 from tests.support.services import free_port, wait_for_port, wait_until
 
 
+def quick_settings(model_checkpoint: Path, **overrides: object) -> dict[str, object]:
+    """Timings short enough for tests, the demo model on CPU, and labs optional."""
+    return {
+        "model_checkpoint": model_checkpoint,
+        "device": "cpu",
+        "release_grace_seconds": 1,
+        "series_quiet_seconds": 30,
+        "min_free_bytes": 0,
+        "min_slices": 8,
+        "job_stall_seconds": 4,
+        "relay_interval_seconds": 0.2,
+        "required_features": "none",
+        **overrides,
+    }
+
+
 @dataclass
 class Gateway:
     data_dir: Path

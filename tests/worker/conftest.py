@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, quick_settings
 from tests.support.orthanc import Orthanc
 from tests.support.services import RedisServer
 
@@ -24,20 +24,9 @@ def gateway(
     made: list[Gateway] = []
 
     def build(**settings: object) -> Gateway:
-        defaults = {
-            "broker_url": redis_server.url,
-            "model_checkpoint": demo_checkpoint,
-            "device": "cpu",
-            "release_grace_seconds": 1,
-            "series_quiet_seconds": 30,
-            "min_free_bytes": 0,
-            "min_slices": 8,
-            "job_stall_seconds": 4,
-            "relay_interval_seconds": 0.2,
-            "required_features": "none",
-            "default_issuer": "HOSP",
-        }
-        defaults.update(settings)
+        defaults = quick_settings(
+            demo_checkpoint, **{"broker_url": redis_server.url, "default_issuer": "HOSP", **settings}
+        )
         instance = Gateway(data_dir=data_dir, log_dir=tmp_path, settings=defaults, orthanc=orthanc)
         made.append(instance)
         return instance
