@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 import threading
 from collections.abc import Mapping
 
@@ -16,6 +15,7 @@ from hl7_clinical.intake import Hl7Intake, IntakePolicy
 from hl7_clinical.mllp import MllpLimits, MllpServer
 from tace.logging import get_logger
 from tace.settings import Settings
+from tace.tls import server_tls_context
 
 log = get_logger("tace.hl7")
 
@@ -36,19 +36,6 @@ def build_intake(
     return Hl7Intake(engine, CodeMap.load(definitions, settings.hl7_local_codes), definitions, policy)
 
 
-def _tls(settings: Settings) -> ssl.SSLContext | None:
-    if settings.hl7_tls_cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.hl7_tls_cert, settings.hl7_tls_key)
-    if settings.hl7_tls_ca is not None:
-        context.load_verify_locations(settings.hl7_tls_ca)
-    if settings.hl7_tls_require_client_cert:
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 def serve(
     settings: Settings, engine: Engine, definitions: Mapping[str, FeatureDefinition], stop: threading.Event
 ) -> None:
@@ -60,7 +47,12 @@ def serve(
         host=settings.bind_host,
         port=settings.hl7_port,
         limits=MllpLimits(settings.hl7_max_message_bytes, settings.hl7_idle_timeout_seconds),
-        ssl_context=_tls(settings),
+        ssl_context=server_tls_context(
+            settings.hl7_tls_cert,
+            settings.hl7_tls_key,
+            settings.hl7_tls_ca,
+            settings.hl7_tls_require_client_cert,
+        ),
         workers=workers,
         facility=settings.ae_title,
     )

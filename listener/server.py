@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import ssl
 import tempfile
 import threading
 import weakref
@@ -30,6 +29,7 @@ from tace.logging import get_logger, unit_of_work
 from tace.metrics import metric
 from tace.settings import Settings
 from tace.storage import Storage
+from tace.tls import server_tls_context
 
 log = get_logger("tace.listener")
 
@@ -69,19 +69,6 @@ def _status(code: int, comment: str | None) -> Dataset:
     return status
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.dicom_tls_cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
-    if settings.dicom_tls_ca is not None:
-        context.load_verify_locations(settings.dicom_tls_ca)
-    if settings.dicom_tls_require_client_cert:
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
 @dataclass
 class _Open:
     ledger: AssociationLedger
@@ -103,7 +90,12 @@ class Listener:
         self._open: weakref.WeakKeyDictionary[PynetdicomAssociation, _Open] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
-        self._tls = _tls_context(settings)
+        self._tls = server_tls_context(
+            settings.dicom_tls_cert,
+            settings.dicom_tls_key,
+            settings.dicom_tls_ca,
+            settings.dicom_tls_require_client_cert,
+        )
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
