@@ -188,6 +188,7 @@ def _raw_sender_config():
     return Raw()
 
 
+@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
 def test_garbage_and_truncated_datasets_get_c000_and_the_next_association_is_served(
     ct_series, start_listener, tmp_path: Path
 ) -> None:
