@@ -6,6 +6,7 @@ attention and clinical branches (and the per-series bookkeeping) cost on top.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,21 +27,42 @@ class Measurement:
     series_per_second: float
 
 
-def _rate(step: Callable[[], object], device: torch.device, seconds: float) -> float:
-    """Calls per second of ``step`` after warm-up, synchronising the GPU around the clock."""
-    for _ in range(2):
-        step()
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _rate(step: Callable[[], object], device: torch.device, seconds: float) -> float:
+    """Calls per second of an already warm ``step``, synchronising the GPU around the clock."""
+    _sync(device)
     calls, start = 0, time.perf_counter()
     while True:
         step()
         calls += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         elapsed = time.perf_counter() - start
-        if elapsed >= seconds and calls >= 3:
+        if elapsed >= seconds:
             return calls / elapsed
+
+
+def _interleaved_rates(
+    first: Callable[[], object], second: Callable[[], object], device: torch.device, seconds: float
+) -> tuple[float, float]:
+    """Medians of alternating windows after a warm-up of both.
+
+    Measuring one and then the other put every drift of a shared machine (clock,
+    neighbours, allocator growth) on one side of the ratio: on CPU it swung between
+    0.9 and 1.2 from run to run. Alternating spreads the drift over both sides.
+    """
+    windows = 3
+    for step in (first, second):
+        for _ in range(2):
+            step()
+    rates: tuple[list[float], list[float]] = ([], [])
+    for _ in range(windows):
+        rates[0].append(_rate(first, device, seconds / windows))
+        rates[1].append(_rate(second, device, seconds / windows))
+    return statistics.median(rates[0]), statistics.median(rates[1])
 
 
 def _forward(
@@ -96,8 +118,12 @@ def run_model_benchmark(
             lengths = torch.full((series,), per_series, device=device)
             clinical = torch.rand(series, cldca.config.clinical_width, device=device)
 
-            bare_rate = _rate(_forward(resnet_forward, device, bf16, images), device, seconds)
-            cldca_rate = _rate(_forward(cldca, device, bf16, slices, lengths, clinical), device, seconds)
+            bare_rate, cldca_rate = _interleaved_rates(
+                _forward(resnet_forward, device, bf16, images),
+                _forward(cldca, device, bf16, slices, lengths, clinical),
+                device,
+                seconds,
+            )
             bare_rate *= images.shape[0]
             cldca_rate *= images.shape[0]
             yield (
