@@ -9,6 +9,7 @@ state, queue depth, series waiting) are read from the database at scrape time.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +30,23 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 def init(data_dir: Path) -> None:
     """Point this process at the shared metrics folder; call before the first metric is touched."""
+    from prometheus_client import values
+
     folder = Storage(data_dir).root / "metrics"
     folder.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(_ENV, str(folder))
+    values.ValueClass = values.MultiProcessValue(process_identifier)
+
+
+def process_identifier() -> str:
+    """Host name and PID, which name this process's metric files.
+
+    prometheus_client names them by PID alone, but in the compose deployment every
+    service is PID 1 of its own container and they all share the data volume: the
+    listener, the feed and the workers would write into one another's files.
+    """
+    host = socket.gethostname().replace("_", "-").replace(os.sep, "-") or "host"
+    return f"{host}-{os.getpid()}"
 
 
 def _define() -> dict[str, Any]:
@@ -56,13 +71,6 @@ def metric(name: str) -> Any:
             if not _metrics:
                 _metrics.update(_define())
     return _metrics[name]
-
-
-def mark_process_dead(pid: int) -> None:
-    if os.environ.get(_ENV):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
 
 
 class DatabaseCollector:
