@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import subprocess
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -76,3 +77,20 @@ def test_dockerfiles_pin_torch_and_install_the_package() -> None:
         text = (DEPLOY / name).read_text()
         assert "torch==2.13.0" in text and "pip install ." in text, name
     assert Path(DEPLOY / "prometheus/prometheus.yml").read_text().count("metrics_path: /metrics") == 1
+
+
+def test_dockerfiles_copy_everything_the_package_build_reads() -> None:
+    """No container engine runs here, so a COPY that misses a file pyproject names would
+    only fail on the first real image build."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    needed = {project["project"]["readme"], *project["project"].get("license-files", [])}
+    needed |= {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    for name in ("Dockerfile", "Dockerfile.cuda"):
+        copied = {
+            source.rstrip("/")
+            for line in (DEPLOY / name).read_text().splitlines()
+            if line.startswith("COPY ") and "--from" not in line
+            for source in line.split()[1:-1]
+        }
+        assert needed <= copied, f"{name} does not copy {sorted(needed - copied)}"
+        assert all((REPO_ROOT / path).exists() for path in needed)
