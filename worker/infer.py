@@ -21,13 +21,14 @@ from hl7_clinical.identity import effective_issuer
 from model.predictor import PredictionResult
 from model.schema import SchemaError
 from tace.db import Instance, Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
-from tace.jobs import Heartbeat, Lease, LeaseLost, claim, finish, mark_published
-from tace.logging import get_logger, unit_of_work
+from tace.jobs import Lease, finish, mark_published
+from tace.logging import get_logger
 from tace.metrics import metric
 from tace.queue import BrokerUnavailable
 from tace.storage import atomic_write
 from worker.context import WorkerContext
 from worker.sr import SrContent, build_sr, sr_identity
+from worker.stage import run_claimed
 from worker.volume import VolumeError, read_volume
 
 log = get_logger("tace.worker.infer")
@@ -87,28 +88,7 @@ def study_time(study: Study, series: Series) -> dt.datetime:
 
 def run_infer(ctx: WorkerContext, job_id: int) -> str:
     """Claim and run the infer stage; returns what happened (for logs and tests)."""
-    settings = ctx.settings
-    lease = claim(ctx.engine, job_id, Stage.infer, stall_seconds=settings.job_stall_seconds)
-    if lease is None:
-        return "not claimed"
-    with (
-        unit_of_work(job_id=job_id, stage="infer"),
-        Heartbeat(ctx.engine, lease, settings.job_stall_seconds / 4),
-    ):
-        try:
-            outcome = _infer(ctx, lease)
-        except LeaseLost:
-            log.warning("job.lease_lost")
-            return "lease lost"
-        except Exception as exc:
-            log.exception("job.infer_crashed")
-            finish(
-                ctx.engine,
-                lease,
-                JobState.failed,
-                error=f"infer: internal error {exc.__class__.__name__}: {exc}",
-            )
-            return "failed"
+    outcome = run_claimed(ctx, job_id, Stage.infer, lambda lease: _infer(ctx, lease))
     if outcome == "predicted":
         try:
             ctx.publisher(job_id, Stage.send)

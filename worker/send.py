@@ -21,12 +21,13 @@ from pynetdicom import AE
 from sqlmodel import select
 
 from tace.db import Delivery, DeliveryState, JobState, Prediction, Stage, session_scope, utcnow
-from tace.jobs import Heartbeat, Lease, LeaseLost, claim, finish
-from tace.logging import get_logger, unit_of_work
+from tace.jobs import Lease, finish
+from tace.logging import get_logger
 from tace.metrics import metric
 from tace.settings import Destination, Settings
 from worker.context import WorkerContext
 from worker.sr import sop_class
+from worker.stage import run_claimed
 
 log = get_logger("tace.worker.send")
 
@@ -92,28 +93,7 @@ def backoff_seconds(attempt: int, cap: float) -> float:
 
 
 def run_send(ctx: WorkerContext, job_id: int) -> str:
-    settings = ctx.settings
-    lease = claim(ctx.engine, job_id, Stage.send, stall_seconds=settings.job_stall_seconds)
-    if lease is None:
-        return "not claimed"
-    with (
-        unit_of_work(job_id=job_id, stage="send"),
-        Heartbeat(ctx.engine, lease, settings.job_stall_seconds / 4),
-    ):
-        try:
-            return _send(ctx, lease)
-        except LeaseLost:
-            log.warning("job.lease_lost")
-            return "lease lost"
-        except Exception as exc:
-            log.exception("job.send_crashed")
-            finish(
-                ctx.engine,
-                lease,
-                JobState.failed,
-                error=f"send: internal error {exc.__class__.__name__}: {exc}",
-            )
-            return "failed"
+    return run_claimed(ctx, job_id, Stage.send, lambda lease: _send(ctx, lease))
 
 
 def _send(ctx: WorkerContext, lease: Lease) -> str:
