@@ -37,7 +37,11 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]], path: 
         ylim=(0, 1.01),
         title=title,
     )
-    axis.legend(loc="lower right", fontsize=8)
+    return _save(plt, figure, axis, path, legend="lower right")
+
+
+def _save(plt: Any, figure: Any, axis: Any, path: Path, *, legend: str) -> Path:
+    axis.legend(loc=legend, fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
@@ -62,12 +66,7 @@ def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, path: Path, title:
         ylim=(0, 1),
         title=title,
     )
-    axis.legend(loc="upper left", fontsize=8)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, axis, path, legend="upper left")
 
 
 def _pm(summary: dict[str, dict[str, float]], name: str) -> str:
