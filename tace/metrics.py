@@ -8,6 +8,7 @@ state, queue depth, series waiting) are read from the database at scrape time.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -45,8 +46,13 @@ def process_identifier() -> str:
     service is PID 1 of its own container and they all share the data volume: the
     listener, the feed and the workers would write into one another's files.
     """
-    host = socket.gethostname().replace("_", "-").replace(os.sep, "-") or "host"
-    return f"{host}-{os.getpid()}"
+    return f"{_host()}-{os.getpid()}"
+
+
+@functools.cache
+def _host() -> str:
+    """Asked once: prometheus_client calls the identifier on every increment."""
+    return socket.gethostname().replace("_", "-").replace(os.sep, "-") or "host"
 
 
 def _define() -> dict[str, Any]:
