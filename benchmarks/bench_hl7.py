@@ -3,7 +3,7 @@
 python benchmarks/bench_hl7.py [--messages 2000]
 """
 
-from tace.cli import main
+from tace.app.cli import main
 
 if __name__ == "__main__":
     import sys

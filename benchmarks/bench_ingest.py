@@ -3,7 +3,7 @@
 python benchmarks/bench_ingest.py [--parallel 1,2,4] [--processes 1,2] [--rounds 3]
 """
 
-from tace.cli import main
+from tace.app.cli import main
 
 if __name__ == "__main__":
     import sys

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from model.workflows import DemoRecipe, make_demo_checkpoint  # noqa: E402
+from tace.app.synthetic_ct import SeriesSpec, write_series  # noqa: E402
 from tace.db import Instance, Job, Prediction, Series, make_engine  # noqa: E402
-from tace.synthetic_ct import SeriesSpec, write_series  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float | None:

@@ -3,7 +3,7 @@
 python benchmarks/bench_model.py [--device cuda] [--slices 32] [--batches 32,64,128,256,512]
 """
 
-from tace.cli import main
+from tace.app.cli import main
 
 if __name__ == "__main__":
     import sys

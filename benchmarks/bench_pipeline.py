@@ -3,7 +3,7 @@
 python benchmarks/bench_pipeline.py [--series 4] [--decode-processes 8] [--device cuda]
 """
 
-from tace.cli import main
+from tace.app.cli import main
 
 if __name__ == "__main__":
     import sys

@@ -1,3 +1,3 @@
-from tace.cli import main
+from tace.app.cli import main
 
 main()

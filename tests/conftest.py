@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from tace.app.synthetic_ct import SeriesSpec, write_series
 from tace.db import make_engine
 from tace.schema import upgrade_schema
 from tace.settings import Settings
-from tace.synthetic_ct import SeriesSpec, write_series
 from tests.support.listener import ListenerProcess
 from tests.support.mllp import Hl7Listener
 from tests.support.processes import spawn, stop, tace_command, tace_env

@@ -24,10 +24,10 @@ from hl7_clinical.identity import IdentityRules
 from hl7_clinical.intake import Hl7Intake, IntakePolicy
 from listener.ingest import AssociationLedger, Ingestor
 from model.schema import FeatureSchema
+from tace.app.synthetic_ct import SeriesSpec, make_series
 from tace.db import Hl7Message, Instance, make_engine
 from tace.schema import upgrade_schema
 from tace.storage import Storage, sha256_of
-from tace.synthetic_ct import SeriesSpec, make_series
 from tests.support.hl7_messages import CBC, COAGULATION, LIVER, oru
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from tace.api.app import create_app
+from tace.app.api.app import create_app
 from tests.support.certificates import Certificates, make_certificates
 from tests.support.hl7_messages import LIVER, oru
 from tests.support.listener import send_datasets

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from tace.app.replay import ReplayRefused, replay_job
 from tace.db import Job, JobState, Prediction, Stage, session_scope
 from tace.jobs import claim, finish
-from tace.replay import ReplayRefused, replay_job
 from tests.factories import add_jobs
 from tests.support.processes import tace_env
 

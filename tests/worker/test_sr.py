@@ -6,7 +6,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tace.synthetic_ct import SeriesSpec, make_series
+from tace.app.synthetic_ct import SeriesSpec, make_series
 from tests.support.services import require_tool
 from worker.sr import SrContent, build_sr, sr_identity
 

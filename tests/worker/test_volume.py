@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tace.synthetic_ct import SeriesSpec, phantom_hu, write_series
+from tace.app.synthetic_ct import SeriesSpec, phantom_hu, write_series
 from worker.volume import AIR_HU, VolumeError, read_volume
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tace.cli.base import app, bench_app, runtime_of, stop_on_signals
+from tace.app.cli.base import app, bench_app, runtime_of, stop_on_signals
 
 
 @app.command()
@@ -42,9 +42,9 @@ def bench_ingest(
     rounds: Annotated[int, typer.Option(help="Repetitions; the median is reported.")] = 3,
 ) -> None:
     """Instances/s and MB/s of `tace listen` against DCMTK storescp, and their ratio."""
-    from listener.bench import run_ingest_benchmark
-    from tace.cli.base import fail
-    from tace.cli.progress import progress_bars
+    from tace.app.bench.ingest import run_ingest_benchmark
+    from tace.app.cli.base import fail
+    from tace.app.cli.progress import progress_bars
 
     runtime = runtime_of(ctx)
     runtime.configure()
@@ -76,7 +76,7 @@ def worker(
     name: Annotated[str, typer.Option(help="Worker name as Celery reports it.")] = "tace@%h",
 ) -> None:
     """Run a worker that turns completed series into SRs in the PACS (until stopped)."""
-    from tace.cli.base import fail
+    from tace.app.cli.base import fail
     from worker.context import WorkerContext, ensure_checkpoint
     from worker.tasks import build_app, worker_arguments
 
@@ -103,8 +103,8 @@ def bench_pipeline(
     decode_processes: Annotated[int, typer.Option(help="Decode in this many processes (0: threads).")] = 0,
 ) -> None:
     """Series/s from stored series to SR bytes, with the per-stage breakdown."""
-    from tace.cli.progress import progress_bars
-    from worker.bench import run_pipeline_benchmark
+    from tace.app.bench.pipeline import run_pipeline_benchmark
+    from tace.app.cli.progress import progress_bars
     from worker.context import decode_pool
 
     settings = runtime_of(ctx).settings
@@ -133,7 +133,7 @@ def api(ctx: typer.Context) -> None:
     """Run the admin API, web page, /metrics and /healthz on TACE_API_PORT (until stopped)."""
     import uvicorn
 
-    from tace.api.app import create_app
+    from tace.app.api.app import create_app
 
     runtime = runtime_of(ctx)
     settings = runtime.settings
@@ -152,10 +152,10 @@ def up(ctx: typer.Context) -> None:
     import os
     import shutil
 
-    from tace.api.auth import operator_token
-    from tace.cli.base import fail
+    from tace.app.api.auth import operator_token
+    from tace.app.cli.base import fail
+    from tace.app.supervisor import Service, Supervisor
     from tace.storage import Storage
-    from tace.supervisor import Service, Supervisor
     from worker.context import checkpoint_path, ensure_checkpoint
 
     runtime = runtime_of(ctx)

@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tace.synthetic_ct import COMPRESSIONS, SeriesSpec, make_series, phantom_hu
+from tace.app.synthetic_ct import COMPRESSIONS, SeriesSpec, make_series, phantom_hu
 
 
 def _hu(ds: pydicom.Dataset) -> np.ndarray:

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
-from tace.api.app import create_app
+from tace.app.api.app import create_app
 from tace.db import JobState, Stage, Study, session_scope
 from tace.jobs import claim, finish
 from tests.factories import add_jobs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tace.cli.base import app, db_app, runtime_of, stop_on_signals
+from tace.app.cli.base import app, db_app, runtime_of, stop_on_signals
 
 
 @db_app.command("upgrade")

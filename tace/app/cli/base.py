@@ -136,7 +136,7 @@ def stop_on_signals() -> threading.Event:
 
 
 def print_json(value: Any) -> None:
-    from tace.admin import to_jsonable
+    from tace.app.admin import to_jsonable
 
     typer.echo(json.dumps(to_jsonable(value), indent=2))
 

@@ -27,9 +27,9 @@ from model.config import CLDCAConfig, PreprocessConfig
 from model.network import CLDCA
 from model.predictor import Predictor
 from model.schema import FeatureSchema
+from tace.app.synthetic_ct import SeriesSpec, write_series
 from tace.db import make_engine
 from tace.schema import upgrade_schema
-from tace.synthetic_ct import SeriesSpec, write_series
 from worker.sr import SrContent, build_sr, sr_identity
 from worker.volume import SeriesVolume, read_volume
 

@@ -12,11 +12,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.engine import Engine
 
-from tace import admin
-from tace.api.auth import Principal, TokenCheck
-from tace.api.health import health
+from tace.app import admin
+from tace.app.api.auth import Principal, TokenCheck
+from tace.app.api.health import health
+from tace.app.replay import ReplayRefused, replay_job
 from tace.db import JobState, Stage, session_scope
-from tace.replay import ReplayRefused, replay_job
 from tace.settings import Settings
 
 COOKIE = "tace_session"

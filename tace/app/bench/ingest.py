@@ -22,7 +22,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tace.synthetic_ct import SeriesSpec, write_series
+from tace.app.synthetic_ct import SeriesSpec, write_series
 
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"

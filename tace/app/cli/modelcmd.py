@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tace.cli.base import app, bench_app, fail, model_app, print_json, runtime_of
+from tace.app.cli.base import app, bench_app, fail, model_app, print_json, runtime_of
 
 Manifest = Annotated[Path, typer.Argument(help="CSV: case_id, label, volume, then one column per feature.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for the report, plots and checkpoint.")]
@@ -79,7 +79,7 @@ def train(
     from model.schema import FeatureSchema
     from model.training import TrainSettings
     from model.workflows import train_from_manifest
-    from tace.cli.progress import progress_bars
+    from tace.app.cli.progress import progress_bars
 
     device = device or runtime_of(ctx).settings.device
     try:
@@ -129,7 +129,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint on a labelled manifest: metrics, ROC and calibration plots."""
     from model.workflows import evaluate_checkpoint
-    from tace.cli.progress import progress_bars
+    from tace.app.cli.progress import progress_bars
 
     device = device or runtime_of(ctx).settings.device
     try:
@@ -160,7 +160,7 @@ def model_demo(
 ) -> None:
     """Write a demo checkpoint trained quickly on synthetic data (flagged demo: true everywhere)."""
     from model.workflows import DemoRecipe, make_demo_checkpoint
-    from tace.cli.progress import progress_bars
+    from tace.app.cli.progress import progress_bars
 
     runtime_of(ctx).configure()
     try:
@@ -268,8 +268,8 @@ def bench_model(
     batches: Annotated[str | None, typer.Option(help="Comma-separated slice batch sizes.")] = None,
 ) -> None:
     """Slices/s of the full CLDCA forward and of a bare ResNet-50, and their ratio."""
-    from model.bench import run_model_benchmark
     from model.device import resolve_device
+    from tace.app.bench.model import run_model_benchmark
 
     try:
         target = resolve_device(device or runtime_of(ctx).settings.device)

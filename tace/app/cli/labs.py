@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tace.cli.base import (
+from tace.app.cli.base import (
     EXIT_NOT_FOUND,
     app,
     bench_app,
@@ -155,7 +155,7 @@ def bench_hl7(
     messages: Annotated[int, typer.Option(help="Messages to send over one connection.")] = 2000,
 ) -> None:
     """ORU messages/s over one persistent MLLP connection, ACK after durable store."""
-    from hl7_clinical.bench import run_hl7_benchmark
+    from tace.app.bench.hl7 import run_hl7_benchmark
 
     runtime = runtime_of(ctx)
     try:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tace.cli.base import EXIT_NOT_FOUND, fail, jobs_app, print_json, runtime_of, short_time
+from tace.app.cli.base import EXIT_NOT_FOUND, fail, jobs_app, print_json, runtime_of, short_time
 
 
 @jobs_app.command("list")
@@ -20,7 +20,7 @@ def jobs_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List jobs, newest first."""
-    from tace.admin import list_jobs
+    from tace.app.admin import list_jobs
     from tace.db import JobState, session_scope
 
     wanted: JobState | None = None
@@ -57,7 +57,7 @@ def jobs_show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show one job: its series, timeline, error and prediction."""
-    from tace.admin import job_detail
+    from tace.app.admin import job_detail
     from tace.db import session_scope
 
     with session_scope(runtime_of(ctx).engine()) as session:
@@ -108,9 +108,9 @@ def jobs_replay(
     ] = False,
 ) -> None:
     """Re-run jobs from a stage; the relay publishes them."""
-    from tace.cli.progress import progress_bars
+    from tace.app.cli.progress import progress_bars
+    from tace.app.replay import ReplayRefused, replay_job, select_jobs
     from tace.db import JobState, Stage
-    from tace.replay import ReplayRefused, replay_job, select_jobs
 
     if sum(x is not None for x in (job_id, series, state)) != 1:
         fail("give exactly one of JOB_ID, --series or --state")

@@ -1,8 +1,8 @@
 """The one command line, ``tace``: it wires the packages together.
 
-This is the only part of the kernel allowed to import the feature packages, and
-it imports them inside the commands that need them, so ``tace listen`` never
-loads torch and ``tace --help`` stays fast.
+It belongs to the app wing, the only part of ``tace`` allowed to import the
+feature packages, and it imports them inside the commands that need them, so
+``tace listen`` never loads torch and ``tace --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 
 import typer
 
-from tace.cli import jobs, labs, modelcmd, ops, services
-from tace.cli.base import app
+from tace.app.cli import jobs, labs, modelcmd, ops, services
+from tace.app.cli.base import app
 
 
 def main(args: list[str] | None = None) -> None:

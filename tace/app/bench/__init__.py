@@ -1,0 +1,1 @@
+"""`tace bench`: reproducible performance runs that print figures and the ratios they are judged by."""
