@@ -27,7 +27,8 @@ from listener.completion import (
 from listener.eligibility import EligibilityRules
 from listener.server import Listener, tune_pynetdicom
 from tace.db import make_engine
-from tace.logging import configure_logging, get_logger
+from tace.logging import get_logger
+from tace.process import init_process
 from tace.queue import Publisher, make_celery
 from tace.relay import Relay
 from tace.settings import Settings
@@ -69,7 +70,7 @@ def _receive(settings: Settings, engine: Engine, stop: threading.Event) -> None:
 
 def _child(settings: Settings) -> None:
     """A receiving process: stops on SIGTERM/SIGINT from the supervisor or the terminal."""
-    configure_logging(settings.log_level, settings.log_format)
+    init_process(settings)
     engine = make_engine(settings.effective_database_url)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from hl7_clinical.definitions import FeatureDefinition, definitions_from_schema
 from model.predictor import Predictor
 from tace.logging import get_logger
+from tace.process import init_process
 from tace.queue import Publisher, make_celery
 from tace.settings import Settings
 from tace.storage import Storage
@@ -54,7 +55,10 @@ def decode_pool(settings: Settings) -> Executor:
     """Threads by default; processes (forkserver, safe once CUDA is initialised) to use every core."""
     if settings.worker_decode_processes > 0:
         return ProcessPoolExecutor(
-            settings.worker_decode_processes, mp_context=multiprocessing.get_context("forkserver")
+            settings.worker_decode_processes,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=init_process,
+            initargs=(settings,),
         )
     return ThreadPoolExecutor(settings.worker_decode_threads, thread_name_prefix="decode")
 

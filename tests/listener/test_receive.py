@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from tace.db import Association, Instance, Job, JobState, Series, SeriesState
+from tace import phi
+from tace.db import Association, Instance, Job, JobState, Series, SeriesState, Study
 from tests.support.listener import ListenerProcess, send_datasets, storescu
 from tests.support.services import RedisServer, wait_until
 
@@ -391,3 +392,20 @@ def test_parallel_senders_from_the_first_moment_all_succeed(dcmtk: None, ct_seri
     outputs = [sender.communicate(timeout=120)[0] for sender in senders]
     assert [sender.returncode for sender in senders] == [0, 0, 0], outputs
     assert len(_rows(listener, Instance)) == 60
+
+
+def test_a_spawned_receiver_hashes_patients_with_the_parents_key(
+    dcmtk: None, ct_series, start_listener, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Receivers are spawned: they must load the installation's hash key like any other process."""
+    files = ct_series(slices=4, rows=32, columns=32, patient_id="SYN0001", issuer_of_patient_id="HOSP")
+    listener = start_listener(listener_processes=2)
+    sent = storescu(listener.port, files)
+    assert sent.returncode == 0, sent.stderr
+
+    receivers = {row.listener for row in _rows(listener, Association)}
+    assert receivers and all(not r.endswith(f":{listener.pid}") for r in receivers), "a child served"
+    monkeypatch.setattr(phi, "_hash_key", None)
+    phi.load_hash_key(data_dir)
+    (study,) = _rows(listener, Study)
+    assert study.patient_hash == phi.patient_hash("SYN0001", "HOSP")

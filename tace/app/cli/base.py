@@ -66,13 +66,9 @@ class Runtime:
                 self._settings = load_settings(self.config_file, **overrides)
             except SettingsError as exc:
                 fail(str(exc))
-            from tace import metrics, phi
-            from tace.logging import configure_logging
+            from tace.process import init_process
 
-            configure_logging(self._settings.log_level, self._settings.log_format)
-            quiet_dicom_validation()
-            phi.load_hash_key(self._settings.data_dir)
-            metrics.init(self._settings.data_dir)
+            init_process(self._settings)
         return self._settings
 
     def configure(self) -> None:
@@ -94,13 +90,6 @@ class Runtime:
                 fail(str(exc))
             self._engine = engine
         return self._engine
-
-
-def quiet_dicom_validation() -> None:
-    """pydicom's value warnings quote raw dataset bytes (names, IDs); we validate what we use ourselves."""
-    import pydicom.config
-
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def runtime_of(ctx: typer.Context) -> Runtime:
