@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from hl7_clinical.definitions import FeatureDefinition
+from hl7_clinical.definitions import Definitions
 
 
 class CodeMapError(ValueError):
@@ -58,7 +57,7 @@ class CodeMap:
         self._local = local_to_loinc
 
     @classmethod
-    def load(cls, definitions: Mapping[str, FeatureDefinition], local_codes: Path | None = None) -> CodeMap:
+    def load(cls, definitions: Definitions, local_codes: Path | None = None) -> CodeMap:
         text = resources.files("hl7_clinical").joinpath("data/observations.yaml").read_text()
         data = yaml.safe_load(text)
         by_code: dict[str, CodeMapping] = {}

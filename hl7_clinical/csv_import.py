@@ -20,14 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from hl7_clinical.codes import CodeMap, CodeMapError, CodeMapping
-from hl7_clinical.definitions import FeatureDefinition
+from hl7_clinical.definitions import Definitions, FeatureRules
 from hl7_clinical.identity import effective_issuer
 from tace import phi
 from tace.db import LabObservation, insert_ignore, utcnow
 from tace.jobs import wake_waiting_jobs
 
-_TRUE = {"1", "true", "yes", "y", "positive", "present"}
-_FALSE = {"0", "false", "no", "n", "negative", "absent"}
 _RESERVED = {"patient_id", "issuer", "date"}
 
 
@@ -74,9 +72,7 @@ def _parse_date(text: str) -> dt.datetime:
     raise ValueError(f"date {text!r} is not YYYY-MM-DD[ HH:MM[:SS]]")
 
 
-def _columns(
-    header: list[str], definitions: Mapping[str, FeatureDefinition], codes: CodeMap
-) -> list[_Column]:
+def _columns(header: list[str], definitions: Definitions, codes: CodeMap) -> list[_Column]:
     by_loinc = codes.loinc_columns()
     columns, unknown = [], []
     for name in header:
@@ -98,25 +94,24 @@ def _columns(
     return columns
 
 
-def _value(column: _Column, definition: FeatureDefinition, raw: str, unit: str) -> tuple[float, str | None]:
-    """The canonical number (and the category text for coded features)."""
+def _problem(exc: ValueError) -> str:
+    """The schema's words for a bad value, without the feature's name (the caller adds its own)."""
+    return str(getattr(exc, "detail", exc))
+
+
+def _value(column: _Column, definition: FeatureRules, raw: str, unit: str) -> tuple[float, str | None]:
+    """The canonical number (and the category text for nominal features), read by the schema's rules."""
     text = raw.strip()
-    if definition.kind == "binary":
-        lowered = text.lower()
-        if definition.categories and text in definition.categories:
-            return float(definition.categories.index(text)), None
-        if lowered in _TRUE:
-            return 1.0, None
-        if lowered in _FALSE:
-            return 0.0, None
-        raise ValueError(f"{column.feature}: {text!r} is not a yes/no value")
-    if definition.kind in ("ordinal", "nominal"):
-        assert definition.categories is not None
-        if text in definition.categories:
-            return float(definition.categories.index(text)), text if definition.kind == "nominal" else None
-        if definition.kind == "ordinal" and text.isdigit() and int(text) < len(definition.categories):
-            return float(text), None
-        raise ValueError(f"{column.feature}: {text!r} is not one of {list(definition.categories)}")
+    if definition.kind != "continuous":
+        try:
+            parsed = definition.to_number(text)
+        except ValueError as exc:
+            raise ValueError(f"{column.feature}: {_problem(exc)}") from None
+        if isinstance(parsed, str):
+            assert definition.categories is not None
+            return float(definition.categories.index(parsed)), parsed
+        assert parsed is not None
+        return parsed, None
     try:
         number = float(text)
     except ValueError:
@@ -130,18 +125,18 @@ def _value(column: _Column, definition: FeatureDefinition, raw: str, unit: str) 
             raise ValueError(f"{column.feature}: {exc}") from None
     elif not unit and column.mapping is not None and definition.unit not in (None, ""):
         number = column.mapping.convert(number, definition.unit)
-    if definition.valid_range and not definition.valid_range[0] <= number <= definition.valid_range[1]:
-        low, high = definition.valid_range
-        raise ValueError(
-            f"{column.feature}: {number:g} {definition.unit} is outside the possible range {low:g}..{high:g}"
-        )
-    return number, None
+    try:
+        checked = definition.to_number(number)
+    except ValueError as exc:
+        raise ValueError(f"{column.feature}: {_problem(exc)}") from None
+    assert isinstance(checked, float)
+    return checked, None
 
 
 def import_csv(
     engine: Engine,
     path: Path,
-    definitions: Mapping[str, FeatureDefinition],
+    definitions: Definitions,
     codes: CodeMap,
     *,
     default_issuer: str | None,
@@ -197,7 +192,7 @@ def import_csv(
 def _row_values(
     row: Mapping[str, str | None],
     columns: list[_Column],
-    definitions: Mapping[str, FeatureDefinition],
+    definitions: Definitions,
     default_issuer: str | None,
 ) -> tuple[str, str | None, dt.datetime, list[tuple[str, float, str | None, str, str]]]:
     patient_id = (row.get("patient_id") or "").strip()
@@ -239,7 +234,7 @@ def _upsert(
     unit: str,
     path: Path,
     line: int,
-    definition: FeatureDefinition,
+    definition: FeatureRules,
 ) -> str:
     """Store one value; an existing different value for the same patient, date and feature is superseded."""
     table = LabObservation.__table__

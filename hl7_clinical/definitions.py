@@ -1,45 +1,49 @@
-"""The clinical features this feed collects, as plain data handed over by the caller.
+"""The clinical features this feed collects: the model's feature schema, seen through a protocol.
 
-The feature schema belongs to the model (it is frozen into every checkpoint); this
-package must not import the model, so callers pass the definitions in. Only what
-the feed needs is kept: the canonical unit, the valid range, the categories of
-coded values and how old a value may be.
+The schema is defined once, by the model (its YAML and every checkpoint carry
+it): each feature's kind, canonical unit, valid range, categories, look-back
+window, and the rules that read a raw value (yes/no words, category names,
+ranges). This package must not import the model, so the app wing hands the
+schema's features in; the feed relies on nothing but what this protocol names,
+which keeps a CSV import, an HL7 result and a training manifest reading a value
+the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import Protocol
 
 
-@dataclass(frozen=True)
-class FeatureDefinition:
-    name: str
-    kind: str
-    unit: str | None = None
-    valid_range: tuple[float, float] | None = None
-    categories: tuple[str, ...] | None = None
-    window_days: float | None = 30.0
+class FeatureRules(Protocol):
+    """One feature of the model's schema (``model.schema.FeatureSpec`` satisfies it)."""
 
-    @classmethod
-    def from_schema_item(cls, item: Mapping[str, Any]) -> FeatureDefinition:
-        valid_range = item.get("range")
-        categories = item.get("categories")
-        return cls(
-            name=str(item["name"]),
-            kind=str(item["kind"]),
-            unit=item.get("unit"),
-            valid_range=(float(valid_range[0]), float(valid_range[1])) if valid_range else None,
-            categories=tuple(str(c) for c in categories) if categories else None,
-            window_days=item.get("window_days"),
-        )
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str:
+        """binary, ordinal, nominal or continuous."""
+        ...
+
+    @property
+    def unit(self) -> str | None: ...
+
+    @property
+    def categories(self) -> tuple[str, ...] | None: ...
+
+    @property
+    def valid_range(self) -> tuple[float, float] | None: ...
+
+    @property
+    def window_days(self) -> float | None: ...
+
+    def to_number(self, value: object) -> float | str | None:
+        """The model's reading of a raw value; raises ValueError naming what is wrong with it."""
+        ...
+
+    def in_range(self, value: float) -> bool: ...
 
 
-def definitions_from_schema(schema: Mapping[str, Any]) -> dict[str, FeatureDefinition]:
-    """From the model schema's dict form (``FeatureSchema.to_dict()``)."""
-    return {d.name: d for d in (FeatureDefinition.from_schema_item(i) for i in schema["features"])}
-
-
-def names(definitions: Iterable[FeatureDefinition]) -> list[str]:
-    return [d.name for d in definitions]
+Definitions = Mapping[str, FeatureRules]
+"""Feature name -> its rules, in the schema's order."""

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from hl7_clinical.definitions import FeatureDefinition
+from hl7_clinical.definitions import Definitions, FeatureRules
+from hl7_clinical.statuses import FINAL, PRELIMINARY
 from tace.db import Hl7Message, LabObservation
-
-FINAL = ("F", "C")
-PRELIMINARY = ("P", "R")
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,7 @@ def clinical_features(
     issuer: str | None,
     patient_hash: str,
     at: dt.datetime,
-    definitions: Mapping[str, FeatureDefinition],
+    definitions: Definitions,
 ) -> ClinicalFeatures:
     table = LabObservation.__table__
     with engine.connect() as connection:
@@ -151,7 +149,7 @@ def clinical_features(
 
 def _pick(
     name: str,
-    definition: FeatureDefinition,
+    definition: FeatureRules,
     rows: list[sa.Row],
     at: dt.datetime,
     messages: Mapping[int, tuple[str, str]],
@@ -184,9 +182,7 @@ def _pick(
     return None
 
 
-def _derive_indirect_bilirubin(
-    result: ClinicalFeatures, definitions: Mapping[str, FeatureDefinition]
-) -> None:
+def _derive_indirect_bilirubin(result: ClinicalFeatures, definitions: Definitions) -> None:
     """Indirect bilirubin = total - direct, when it was not measured but both parts were."""
     if "indirect_bilirubin" not in definitions or result.values.get("indirect_bilirubin") is not None:
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -20,9 +20,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from hl7_clinical.ack import build_ack
 from hl7_clinical.codes import CodeMap, CodeMapError, CodeMapping
-from hl7_clinical.definitions import FeatureDefinition
+from hl7_clinical.definitions import Definitions
 from hl7_clinical.identity import IdentityRules, PatientKey, choose_patient
 from hl7_clinical.oru import Header, MessageError, Observation, decode, parse_oru, read_header
+from hl7_clinical.statuses import REMOVING, USABLE
 from tace import phi
 from tace.db import Hl7Message, LabObservation, insert_ignore, utcnow
 from tace.jobs import wake_waiting_jobs
@@ -32,8 +33,6 @@ from tace.metrics import metric
 log = get_logger("tace.hl7.intake")
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
-USABLE_STATUSES = {"F", "C", "P", "R"}
-REMOVING_STATUSES = {"W", "D"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class Hl7Intake:
         self,
         engine: Engine,
         codes: CodeMap,
-        definitions: Mapping[str, FeatureDefinition],
+        definitions: Definitions,
         policy: IntakePolicy,
     ) -> None:
         self._engine = engine
@@ -213,7 +212,7 @@ class Hl7Intake:
                 if patient is not None and patient_hash is not None:
                     rows = [self._row(message_id, patient, patient_hash, o, now) for o in observations]
                 for row, observation in zip(rows, observations, strict=False):
-                    if observation.status in REMOVING_STATUSES or observation.status == "C":
+                    if observation.status in REMOVING or observation.status == "C":
                         connection.execute(
                             self._supersede, {"hash": patient_hash, "key": row["observation_key"], "now": now}
                         )
@@ -292,9 +291,9 @@ class Hl7Intake:
             system = f" ({observation.code_system})" if observation.code_system else ""
             label = f"{observation.code}{system} {observation.code_text!r}"
             return f"code {label} is not mapped to a clinical feature"
-        if observation.status == "X" or observation.status in REMOVING_STATUSES:
+        if observation.status == "X" or observation.status in REMOVING:
             return None
-        if observation.status not in USABLE_STATUSES:
+        if observation.status not in USABLE:
             return f"result status {observation.status!r} is not usable"
         if observation.value is None:
             return f"value {observation.raw_value!r} is not numeric"
@@ -303,8 +302,8 @@ class Hl7Intake:
         except CodeMapError as exc:
             return str(exc)
         definition = self._definitions[mapping.feature]
-        if definition.valid_range and not definition.valid_range[0] <= value <= definition.valid_range[1]:
-            low, high = definition.valid_range
+        if not definition.in_range(value):
+            low, high = definition.valid_range or (value, value)
             return f"{value:g} {definition.unit} is outside the possible range {low:g}..{high:g}"
         row["value"] = value
         return None

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
 
 from sqlalchemy.engine import Engine
 
 from hl7_clinical.codes import CodeMap
-from hl7_clinical.definitions import FeatureDefinition
+from hl7_clinical.definitions import Definitions
 from hl7_clinical.identity import IdentityRules
 from hl7_clinical.intake import Hl7Intake, IntakePolicy
 from hl7_clinical.mllp import MllpLimits, MllpServer
@@ -20,9 +19,7 @@ from tace.tls import server_tls_context
 log = get_logger("tace.hl7")
 
 
-def build_intake(
-    settings: Settings, engine: Engine, definitions: Mapping[str, FeatureDefinition]
-) -> Hl7Intake:
+def build_intake(settings: Settings, engine: Engine, definitions: Definitions) -> Hl7Intake:
     policy = IntakePolicy(
         identity=IdentityRules(
             id_type=settings.hl7_patient_id_type,
@@ -36,9 +33,7 @@ def build_intake(
     return Hl7Intake(engine, CodeMap.load(definitions, settings.hl7_local_codes), definitions, policy)
 
 
-def serve(
-    settings: Settings, engine: Engine, definitions: Mapping[str, FeatureDefinition], stop: threading.Event
-) -> None:
+def serve(settings: Settings, engine: Engine, definitions: Definitions, stop: threading.Event) -> None:
     """Run the MLLP server until ``stop`` is set; connections in flight finish their message."""
     intake = build_intake(settings, engine, definitions)
     workers = 1 if engine.dialect.name == "sqlite" else 4

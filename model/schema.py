@@ -30,6 +30,19 @@ class SchemaError(ValueError):
     """A schema file or a value that does not fit it; the message names the feature."""
 
 
+class FeatureValueError(SchemaError):
+    """A value one feature cannot take; ``detail`` says why without naming the feature.
+
+    Callers that show the feature in their own words (a CSV import line, an HL7
+    rejection) use ``detail``; everyone else gets the feature named in the message.
+    """
+
+    def __init__(self, feature: str, detail: str) -> None:
+        super().__init__(f"feature {feature!r}: {detail}")
+        self.feature = feature
+        self.detail = detail
+
+
 class FeatureKind(enum.StrEnum):
     binary = "binary"
     ordinal = "ordinal"
@@ -85,19 +98,27 @@ class FeatureSpec:
             assert self.categories is not None
             text = str(value)
             if text not in self.categories:
-                raise SchemaError(f"feature {self.name!r}: {text!r} is not one of {list(self.categories)}")
+                raise FeatureValueError(self.name, f"{text!r} is not one of {list(self.categories)}")
             return text
         if self.kind is FeatureKind.binary:
             return float(self._binary(value))
         if self.kind is FeatureKind.ordinal:
             return float(self._ordinal(value))
         number = _as_float(self.name, value)
-        if self.valid_range is not None and not self.valid_range[0] <= number <= self.valid_range[1]:
-            raise SchemaError(
-                f"feature {self.name!r}: {number:g} {self.unit or ''} is outside the valid range "
-                f"{self.valid_range[0]:g}..{self.valid_range[1]:g}".replace("  ", " ")
+        if not self.in_range(number):
+            assert self.valid_range is not None
+            low, high = self.valid_range
+            raise FeatureValueError(
+                self.name,
+                f"{number:g} {self.unit or ''} is outside the valid range {low:g}..{high:g}".replace(
+                    "  ", " "
+                ),
             )
         return number
+
+    def in_range(self, value: float) -> bool:
+        """Inside the range that is physically possible for this feature (no range: always)."""
+        return self.valid_range is None or self.valid_range[0] <= value <= self.valid_range[1]
 
     def _binary(self, value: object) -> int:
         if self.categories is not None and str(value) in self.categories:
@@ -115,7 +136,7 @@ class FeatureSpec:
             number = math.nan
         if number in (0.0, 1.0):
             return int(number)
-        raise SchemaError(f"feature {self.name!r}: {value!r} is not a yes/no value")
+        raise FeatureValueError(self.name, f"{value!r} is not a yes/no value")
 
     def _ordinal(self, value: object) -> int:
         assert self.categories is not None
@@ -128,16 +149,16 @@ class FeatureSpec:
             number = math.nan
         if number.is_integer() and 0 <= number < len(self.categories):
             return int(number)
-        raise SchemaError(f"feature {self.name!r}: {value!r} is not one of {list(self.categories)}")
+        raise FeatureValueError(self.name, f"{value!r} is not one of {list(self.categories)}")
 
 
 def _as_float(name: str, value: object) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise SchemaError(f"feature {name!r}: {value!r} is not a number") from None
+        raise FeatureValueError(name, f"{value!r} is not a number") from None
     if not math.isfinite(number):
-        raise SchemaError(f"feature {name!r}: {value!r} is not a finite number")
+        raise FeatureValueError(name, f"{value!r} is not a finite number")
     return number
 
 
@@ -190,6 +211,10 @@ class FeatureSchema:
     @property
     def columns(self) -> list[str]:
         return [column for feature in self.features for column in feature.columns]
+
+    def by_name(self) -> dict[str, FeatureSpec]:
+        """Name -> feature, in schema order: how the clinical feed is handed the schema."""
+        return {f.name: f for f in self.features}
 
     def feature(self, name: str) -> FeatureSpec:
         for feature in self.features:

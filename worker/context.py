@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from hl7_clinical.definitions import FeatureDefinition, definitions_from_schema
+from hl7_clinical.definitions import Definitions
 from model.predictor import Predictor
 from tace.logging import get_logger
 from tace.process import init_process
@@ -96,6 +96,6 @@ class WorkerContext:
             return self._predictor
 
     @property
-    def definitions(self) -> dict[str, FeatureDefinition]:
+    def definitions(self) -> Definitions:
         """The clinical features of the loaded model's schema, as the clinical feed understands them."""
-        return definitions_from_schema(self.predictor.meta.schema.to_dict())
+        return self.predictor.meta.schema.by_name()

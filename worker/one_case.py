@@ -17,7 +17,6 @@ import pydicom
 
 from hl7_clinical.codes import CodeMap
 from hl7_clinical.csv_import import ImportReport, import_csv
-from hl7_clinical.definitions import definitions_from_schema
 from hl7_clinical.features import clinical_features
 from hl7_clinical.identity import effective_issuer
 from model.predictor import PredictionResult, Predictor
@@ -54,7 +53,7 @@ def predict_folder(
     volume = read_volume(paths)
     first = volume.headers[0]
     predictor = Predictor.load(checkpoint, device=settings.device)
-    definitions = definitions_from_schema(predictor.meta.schema.to_dict())
+    definitions = predictor.meta.schema.by_name()
     patient_id = patient or str(first.get("PatientID", ""))
     issuer = effective_issuer(first.get("IssuerOfPatientID"), settings.default_issuer)
     when = at or _study_datetime(first) or dt.datetime.now()

@@ -13,7 +13,6 @@ from sqlalchemy.engine import Engine
 
 from hl7_clinical.codes import CodeMap, normalise_unit
 from hl7_clinical.csv_import import CsvError, import_csv
-from hl7_clinical.definitions import definitions_from_schema
 from hl7_clinical.features import clinical_features
 from hl7_clinical.identity import IdentityRules
 from hl7_clinical.intake import Hl7Intake, IntakePolicy
@@ -25,7 +24,7 @@ from tests.support.processes import tace_env
 
 @pytest.fixture(scope="module")
 def definitions():
-    return definitions_from_schema(FeatureSchema.load().to_dict())
+    return FeatureSchema.load().by_name()
 
 
 @pytest.fixture(scope="module")

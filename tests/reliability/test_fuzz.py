@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hl7_clinical.codes import CodeMap
-from hl7_clinical.definitions import definitions_from_schema
 from hl7_clinical.identity import IdentityRules
 from hl7_clinical.intake import Hl7Intake, IntakePolicy
 from listener.ingest import AssociationLedger, Ingestor
@@ -181,7 +180,7 @@ def intake(tmp_path_factory: pytest.TempPathFactory) -> Hl7Intake:
     root = tmp_path_factory.mktemp("hl7fuzz")
     engine = make_engine(f"sqlite:///{root / 'tace.db'}")
     upgrade_schema(engine)
-    definitions = definitions_from_schema(FeatureSchema.load().to_dict())
+    definitions = FeatureSchema.load().by_name()
     return Hl7Intake(
         engine, CodeMap.load(definitions), definitions, IntakePolicy(IdentityRules(default_issuer="HOSP"))
     )

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from hl7_clinical.definitions import definitions_from_schema
 from hl7_clinical.features import clinical_features
 from model.checkpoint import CheckpointMeta, save_checkpoint
 from model.config import CLDCAConfig, PreprocessConfig
@@ -74,7 +73,7 @@ def run_pipeline_benchmark(
             if progress:
                 progress("synthetic series", index + 1, series)
         predictor = Predictor.load(_checkpoint(work), device=device)
-        definitions = definitions_from_schema(predictor.meta.schema.to_dict())
+        definitions = predictor.meta.schema.by_name()
         engine = make_engine(f"sqlite:///{work / 'bench.db'}")
         upgrade_schema(engine)
         decode_pool = pool or ThreadPoolExecutor(4)

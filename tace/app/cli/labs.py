@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from hl7_clinical.definitions import Definitions
 
 from tace.app.cli.base import (
     EXIT_NOT_FOUND,
@@ -20,13 +23,12 @@ from tace.app.cli.base import (
 )
 
 
-def feature_definitions(schema_path: Path | None) -> dict[str, Any]:
-    """The model's feature schema as plain definitions (this loads YAML, not torch)."""
-    from hl7_clinical.definitions import definitions_from_schema
+def feature_definitions(schema_path: Path | None) -> Definitions:
+    """The model's feature schema, handed to the clinical feed (this loads YAML, not torch)."""
     from model.schema import FeatureSchema, SchemaError
 
     try:
-        return definitions_from_schema(FeatureSchema.load(schema_path).to_dict())
+        return FeatureSchema.load(schema_path).by_name()
     except (SchemaError, OSError) as exc:
         fail(f"feature schema: {exc}")
 
