@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from listener.dataset_check import UnreadableDataset, image_plane, read_header
 from tace import phi
 from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, insert_ignore, utcnow
+from tace.dicom_header import study_datetime, text
 from tace.logging import get_logger
 from tace.metrics import metric
 from tace.storage import InvalidUID, Storage, check_uid, fsync_directory, sha256_of
@@ -74,24 +75,6 @@ class AssociationLedger:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 self.connection.close()
             self.connection = None
-
-
-def _text(dataset: Dataset, keyword: str, limit: int = 64) -> str | None:
-    value = dataset.get(keyword)
-    if value is None or value == "":
-        return None
-    return str(value).strip()[:limit] or None
-
-
-def _study_datetime(dataset: Dataset) -> dt.datetime | None:
-    date = _text(dataset, "StudyDate")
-    if not date:
-        return None
-    time = (_text(dataset, "StudyTime") or "000000").split(".")[0].ljust(6, "0")[:6]
-    try:
-        return dt.datetime.strptime(date[:8] + time, "%Y%m%d%H%M%S")
-    except ValueError:
-        return None
 
 
 def _int(dataset: Dataset, keyword: str) -> int | None:
@@ -311,7 +294,7 @@ class Ingestor:
 
     def _study_id(self, connection: Connection, ds: Dataset, study_uid: str, now: dt.datetime) -> int:
         study = self._tables["study"]
-        patient_id, issuer = _text(ds, "PatientID"), _text(ds, "IssuerOfPatientID")
+        patient_id, issuer = text(ds, "PatientID"), text(ds, "IssuerOfPatientID")
         insert_ignore(
             connection,
             study,
@@ -320,12 +303,12 @@ class Ingestor:
                 "patient_id": patient_id,
                 "issuer_of_patient_id": issuer,
                 "patient_hash": phi.patient_hash(patient_id, issuer or self._default_issuer),
-                "patient_name": _text(ds, "PatientName", 324),
-                "patient_birth_date": _text(ds, "PatientBirthDate", 8),
-                "patient_sex": _text(ds, "PatientSex", 16),
-                "study_datetime": _study_datetime(ds),
-                "accession_number": _text(ds, "AccessionNumber", 16),
-                "study_description": _text(ds, "StudyDescription"),
+                "patient_name": text(ds, "PatientName", 324),
+                "patient_birth_date": text(ds, "PatientBirthDate", 8),
+                "patient_sex": text(ds, "PatientSex", 16),
+                "study_datetime": study_datetime(ds),
+                "accession_number": text(ds, "AccessionNumber", 16),
+                "study_description": text(ds, "StudyDescription"),
                 "created_at": now,
             },
         )
@@ -345,9 +328,9 @@ class Ingestor:
             {
                 "series_instance_uid": series_uid,
                 "study_id": study_id,
-                "modality": _text(ds, "Modality", 16),
+                "modality": text(ds, "Modality", 16),
                 "series_number": _int(ds, "SeriesNumber"),
-                "series_description": _text(ds, "SeriesDescription"),
+                "series_description": text(ds, "SeriesDescription"),
                 "state": SeriesState.receiving,
                 "instance_count": 0,
                 "total_bytes": 0,

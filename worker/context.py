@@ -15,7 +15,6 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from hl7_clinical.definitions import Definitions
 from model.predictor import Predictor
 from tace.logging import get_logger
 from tace.process import init_process
@@ -94,8 +93,3 @@ class WorkerContext:
                     sha256=self._predictor.checkpoint_sha256[:16],
                 )
             return self._predictor
-
-    @property
-    def definitions(self) -> Definitions:
-        """The clinical features of the loaded model's schema, as the clinical feed understands them."""
-        return self.predictor.meta.schema.by_name()

@@ -15,19 +15,20 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
 import sqlalchemy as sa
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from sqlmodel import select
 
-from tace.db import Delivery, DeliveryState, JobState, Prediction, Stage, session_scope, utcnow
-from tace.jobs import Lease, finish
+from tace.db import Delivery, DeliveryState, Prediction, Stage, session_scope, utcnow
+from tace.jobs import Lease
 from tace.logging import get_logger
 from tace.metrics import metric
 from tace.settings import Destination, Settings
 from worker.context import WorkerContext
-from worker.sr import sop_class
-from worker.stage import run_claimed
+from worker.stage import StageOutcome, StageResult, run_claimed
 
 log = get_logger("tace.worker.send")
 
@@ -55,7 +56,11 @@ def store_sr(settings: Settings, destination: Destination, path: Path) -> SendRe
     """One association, one C-STORE; never raises."""
     ae = AE(ae_title=settings.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.dicom_send_timeout
-    ae.add_requested_context(sop_class(), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    try:
+        sop_class = pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPClassUID
+    except (OSError, InvalidDicomError) as exc:
+        return SendResult(False, False, None, f"stored object unreadable: {exc}")
+    ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     except (OSError, ValueError) as exc:
@@ -92,11 +97,11 @@ def backoff_seconds(attempt: int, cap: float) -> float:
     return base * random.uniform(0.5, 1.5)
 
 
-def run_send(ctx: WorkerContext, job_id: int) -> str:
+def run_send(ctx: WorkerContext, job_id: int) -> StageOutcome:
     return run_claimed(ctx, job_id, Stage.send, lambda lease: _send(ctx, lease))
 
 
-def _send(ctx: WorkerContext, lease: Lease) -> str:
+def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
     settings = ctx.settings
     with session_scope(ctx.engine) as session:
         prediction = session.exec(select(Prediction).where(Prediction.job_id == lease.job_id)).one()
@@ -104,19 +109,12 @@ def _send(ctx: WorkerContext, lease: Lease) -> str:
             d.destination: d for d in session.exec(select(Delivery).where(Delivery.job_id == lease.job_id))
         }
     if prediction.sr_path is None or prediction.sr_sop_instance_uid is None:
-        finish(
-            ctx.engine, lease, JobState.failed, error="send: no SR was stored for this job; replay from infer"
-        )
-        return "failed"
+        return StageResult.failed("send: no SR was stored for this job; replay from infer")
     path = ctx.storage.resolve(prediction.sr_path)
     if not settings.destinations:
-        finish(
-            ctx.engine,
-            lease,
-            JobState.sent,
-            detail=f"no destinations configured; SR kept at {prediction.sr_path}",
+        return StageResult(
+            StageOutcome.sent, detail=f"no destinations configured; SR kept at {prediction.sr_path}"
         )
-        return "sent"
     pending, permanent = [], []
     for destination in settings.destinations:
         name = str(destination)
@@ -141,27 +139,19 @@ def _send(ctx: WorkerContext, lease: Lease) -> str:
             permanent.append((name, result.detail))
     if permanent:
         reason = "; ".join(f"{name} refused: {detail}" for name, detail in permanent)
-        finish(ctx.engine, lease, JobState.failed, error=f"send: {reason}")
-        return "failed"
+        return StageResult.failed(f"send: {reason}")
     if pending:
         attempt = max(a for _, _, a in pending)
         delay = backoff_seconds(attempt, settings.send_retry_max_seconds)
         reason = "; ".join(f"{name}: {detail}" for name, detail, _ in pending)
-        finish(
-            ctx.engine,
-            lease,
-            JobState.predicted,
+        return StageResult(
+            StageOutcome.retrying,
             not_before=utcnow() + dt.timedelta(seconds=delay),
             error=f"retrying in {delay:.0f} s (attempt {attempt}): {reason}",
         )
-        return "retrying"
-    finish(
-        ctx.engine,
-        lease,
-        JobState.sent,
-        detail=f"SR {prediction.sr_sop_instance_uid} accepted by every destination",
+    return StageResult(
+        StageOutcome.sent, detail=f"SR {prediction.sr_sop_instance_uid} accepted by every destination"
     )
-    return "sent"
 
 
 def _record(

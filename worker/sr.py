@@ -33,7 +33,7 @@ from highdicom.sr import (
 )
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import generate_uid
 
 if TYPE_CHECKING:
     from model.predictor import PredictionResult
@@ -194,7 +194,3 @@ def _text_items(content: SrContent) -> list[TextContentItem]:
         )
     items.append(TextContentItem(name=DISCLAIMER, value=_disclaimer(content), relationship_type="CONTAINS"))
     return items
-
-
-def sop_class() -> UID:
-    return UID("1.2.840.10008.5.1.4.1.1.88.34")

@@ -22,11 +22,11 @@ def build_app(context: WorkerContext) -> Celery:
 
     @app.task(name=TASK_INFER, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def infer(job_id: int) -> str:
-        return run_infer(context, job_id)
+        return run_infer(context, job_id).value
 
     @app.task(name=TASK_SEND, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def send(job_id: int) -> str:
-        return run_send(context, job_id)
+        return run_send(context, job_id).value
 
     return app
 

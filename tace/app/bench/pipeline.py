@@ -10,7 +10,6 @@ worker with spare cores keeps a GPU busy.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import statistics
 import tempfile
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from hl7_clinical.features import clinical_features
 from model.checkpoint import CheckpointMeta, save_checkpoint
 from model.config import CLDCAConfig, PreprocessConfig
 from model.network import CLDCA
@@ -29,8 +27,7 @@ from model.schema import FeatureSchema
 from tace.app.synthetic_ct import SeriesSpec, write_series
 from tace.db import make_engine
 from tace.schema import upgrade_schema
-from worker.sr import SrContent, build_sr, sr_identity
-from worker.volume import SeriesVolume, read_volume
+from worker import pipeline
 
 Progress = Callable[[str, int, int], None]
 STUDY_TIME = dt.datetime(2026, 1, 15, 9, 30)
@@ -65,67 +62,52 @@ def run_pipeline_benchmark(
 ) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="tace-bench-pipeline-") as tmp:
         work = Path(tmp)
-        folders = []
+        cases = []
         for index in range(series):
             folder = work / f"series-{index}"
             write_series(SeriesSpec(slices=slices, seed=2000 + index, series_number=index + 1), folder)
-            folders.append(sorted(folder.glob("*.dcm")))
+            cases.append(pipeline.Case(sorted(folder.glob("*.dcm")), "SYN0001", None, "bench", STUDY_TIME))
             if progress:
                 progress("synthetic series", index + 1, series)
         predictor = Predictor.load(_checkpoint(work), device=device)
-        definitions = predictor.meta.schema.by_name()
         engine = make_engine(f"sqlite:///{work / 'bench.db'}")
         upgrade_schema(engine)
         decode_pool = pool or ThreadPoolExecutor(4)
+        rule = pipeline.LabsRule(required=(), impute=True)
 
-        def volume_of(paths: list[Path]) -> SeriesVolume:
-            return read_volume(paths, executor=decode_pool)
-
-        def rest(volume: SeriesVolume, timings: dict[str, list[float]]) -> None:
-            start = time.perf_counter()
-            features = clinical_features(
-                engine,
-                patient_id="SYN0001",
-                issuer=None,
-                patient_hash="bench",
-                at=STUDY_TIME,
-                definitions=definitions,
+        def run(case: pipeline.Case) -> pipeline.Predicted:
+            result = pipeline.run_case(
+                case, labs=engine, predictor=predictor, labs_rule=rule, decode_pool=decode_pool
             )
-            timings["features"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            result = predictor.predict(volume.hu, features.model_input())
-            if predictor.device.type == "cuda":
-                torch.cuda.synchronize()
-            timings["model"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            sr = build_sr(
-                volume.headers,
-                SrContent.of(result),
-                sr_identity(volume.series_instance_uid, result.model_version, 1),
-            )
-            sr.save_as(io.BytesIO(), enforce_file_format=True)
-            timings["sr"].append(time.perf_counter() - start)
+            assert isinstance(result, pipeline.Predicted), result
+            return result
 
-        rest(volume_of(folders[0]), {"features": [], "model": [], "sr": []})
+        def gather(case: pipeline.Case) -> pipeline.Inputs:
+            inputs = pipeline.gather(
+                case, labs=engine, predictor=predictor, labs_rule=rule, decode_pool=decode_pool
+            )
+            assert isinstance(inputs, pipeline.Inputs), inputs
+            return inputs
+
+        run(cases[0])
         timings: dict[str, list[float]] = {"read_volume": [], "features": [], "model": [], "sr": []}
         start = time.perf_counter()
-        for index, paths in enumerate(folders):
-            t = time.perf_counter()
-            volume = volume_of(paths)
-            timings["read_volume"].append(time.perf_counter() - t)
-            rest(volume, timings)
+        for index, case in enumerate(cases):
+            result = run(case)
+            for name, values in timings.items():
+                values.append(result.timings[name])
             if progress:
                 progress("sequential", index + 1, series)
         sequential = time.perf_counter() - start
 
         start = time.perf_counter()
         with ThreadPoolExecutor(1) as prefetch:
-            upcoming = prefetch.submit(volume_of, folders[0])
+            upcoming = prefetch.submit(gather, cases[0])
             for index in range(series):
-                volume = upcoming.result()
+                inputs = upcoming.result()
                 if index + 1 < series:
-                    upcoming = prefetch.submit(volume_of, folders[index + 1])
-                rest(volume, {"features": [], "model": [], "sr": []})
+                    upcoming = prefetch.submit(gather, cases[index + 1])
+                pipeline.predict(inputs, predictor=predictor)
                 if progress:
                     progress("pipelined", index + 1, series)
         pipelined = time.perf_counter() - start

@@ -301,8 +301,7 @@ def predict(
     """Predict one series folder with no broker or listener: volume, labs, model and SR."""
     from hl7_clinical.csv_import import CsvError
     from worker.context import ensure_checkpoint
-    from worker.one_case import predict_folder
-    from worker.volume import VolumeError
+    from worker.one_case import CaseRefused, predict_folder
 
     settings = runtime_of(ctx).settings
     if not series_dir.is_dir():
@@ -317,7 +316,7 @@ def predict(
             at=at,
             sr_out=sr_out,
         )
-    except (VolumeError, CsvError, *_model_errors()) as exc:
+    except (CaseRefused, CsvError, *_model_errors()) as exc:
         fail(str(exc))
     p = result.prediction
     if as_json:

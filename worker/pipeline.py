@@ -1,0 +1,144 @@
+"""One case from stored CT files and clinical values to SR bytes: the path every caller shares.
+
+The infer stage, `tace predict` and `tace bench pipeline` all run a case through
+:func:`run_case`, so what a site validates with `tace predict` and what the
+benchmark measures is what the worker does. Cheapest first: the clinical values
+are assembled before any pixel is decoded, because a case whose required labs
+have not arrived ends there and is tried again later (decoding a 100-slice
+series on every retry would keep a GPU worker busy for nothing); then the
+volume, the model and the SR. Every outcome is a value, never an exception, so
+each caller decides what it means for a job, a command line or a measurement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from hl7_clinical.features import ClinicalFeatures, clinical_features
+from model.predictor import PredictionResult, Predictor
+from model.schema import SchemaError
+from worker.sr import SrContent, SrIdentity, build_sr, sr_identity
+from worker.volume import SeriesVolume, VolumeError, read_volume
+
+
+@dataclass(frozen=True)
+class Case:
+    """What the pipeline needs to know about one case; callers build it from job rows or a folder."""
+
+    paths: Sequence[Path]
+    patient_id: str
+    issuer: str | None
+    patient_hash: str
+    at: dt.datetime
+    """The moment the labs are assembled for: the study time (site-local, naive)."""
+    generation: int = 1
+    """The job generation; it and the model version make the SR's UIDs."""
+
+
+@dataclass(frozen=True)
+class LabsRule:
+    required: Sequence[str]
+    impute: bool
+    """False: a missing required value ends the case before the volume is decoded."""
+
+
+@dataclass(frozen=True)
+class LabsMissing:
+    missing: list[str]
+    features: ClinicalFeatures
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The case cannot be predicted as it is; ``stage`` names the part that said so."""
+
+    stage: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Labs and volume of a case, ready for the model."""
+
+    case: Case
+    features: ClinicalFeatures
+    volume: SeriesVolume
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Predicted:
+    prediction: PredictionResult
+    features: ClinicalFeatures
+    identity: SrIdentity
+    sr: bytes
+    """The SR as a DICOM file (preamble and file meta), ready to be written or sent."""
+    slices: int
+    timings: dict[str, float]
+
+
+def _elapsed(start: float) -> float:
+    return round(time.perf_counter() - start, 4)
+
+
+def gather(
+    case: Case, *, labs: Engine, predictor: Predictor, labs_rule: LabsRule, decode_pool: Executor | None
+) -> Inputs | LabsMissing | Refused:
+    """Clinical values first, then the volume: a case still waiting for labs is never decoded."""
+    start = time.perf_counter()
+    features = clinical_features(
+        labs,
+        patient_id=case.patient_id,
+        issuer=case.issuer,
+        patient_hash=case.patient_hash,
+        at=case.at,
+        definitions=predictor.meta.schema.by_name(),
+    )
+    timings = {"features": _elapsed(start)}
+    missing = [name for name in labs_rule.required if name in features.missing]
+    if missing and not labs_rule.impute:
+        return LabsMissing(missing, features)
+    start = time.perf_counter()
+    try:
+        volume = read_volume(case.paths, executor=decode_pool)
+    except VolumeError as exc:
+        return Refused("volume", str(exc))
+    timings["read_volume"] = _elapsed(start)
+    return Inputs(case, features, volume, timings)
+
+
+def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
+    """The model on the gathered inputs, then the SR that carries its answer."""
+    timings = dict(inputs.timings)
+    start = time.perf_counter()
+    try:
+        result = predictor.predict(inputs.volume.hu, inputs.features.model_input())
+    except SchemaError as exc:
+        return Refused("features", str(exc))
+    timings["model"] = _elapsed(start)
+    start = time.perf_counter()
+    identity = sr_identity(inputs.volume.series_instance_uid, result.model_version, inputs.case.generation)
+    sr = build_sr(inputs.volume.headers, SrContent.of(result), identity)
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    timings["sr"] = _elapsed(start)
+    timings.update({f"model.{name}": round(value, 4) for name, value in result.timings.items()})
+    return Predicted(result, inputs.features, identity, buffer.getvalue(), len(inputs.volume.hu), timings)
+
+
+def run_case(
+    case: Case, *, labs: Engine, predictor: Predictor, labs_rule: LabsRule, decode_pool: Executor | None
+) -> Predicted | LabsMissing | Refused:
+    """The whole path for one case; :func:`gather` and :func:`predict` are its two halves."""
+    gathered = gather(case, labs=labs, predictor=predictor, labs_rule=labs_rule, decode_pool=decode_pool)
+    if not isinstance(gathered, Inputs):
+        return gathered
+    return predict(gathered, predictor=predictor)
