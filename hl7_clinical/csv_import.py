@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import enum
 import hashlib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,18 +35,36 @@ class CsvError(ValueError):
     """The file cannot be imported at all (missing columns, unreadable)."""
 
 
+class ValueChange(enum.StrEnum):
+    """What importing one cell did: a new value, a new value replacing another, or nothing."""
+
+    added = "added"
+    changed = "changed"
+    unchanged = "unchanged"
+
+
 @dataclass
 class ImportReport:
     rows: int = 0
     imported_rows: int = 0
-    values_added: int = 0
-    values_changed: int = 0
-    values_unchanged: int = 0
+    changes: Counter[ValueChange] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
     @property
     def bad_rows(self) -> int:
         return self.rows - self.imported_rows
+
+    @property
+    def values_added(self) -> int:
+        return self.changes[ValueChange.added]
+
+    @property
+    def values_changed(self) -> int:
+        return self.changes[ValueChange.changed]
+
+    @property
+    def values_unchanged(self) -> int:
+        return self.changes[ValueChange.unchanged]
 
 
 @dataclass(frozen=True)
@@ -166,7 +186,7 @@ def import_csv(
             phi.protect(patient_id)
             with engine.begin() as connection:
                 for feature, number, text, raw, unit in cells:
-                    outcome = _upsert(
+                    change = _upsert(
                         connection,
                         patient_id,
                         issuer,
@@ -181,7 +201,7 @@ def import_csv(
                         line,
                         definitions[feature],
                     )
-                    setattr(report, f"values_{outcome}", getattr(report, f"values_{outcome}") + 1)
+                    report.changes[change] += 1
                 if patient_hash not in woken:
                     wake_waiting_jobs(connection, patient_hash)
                     woken.add(patient_hash)
@@ -235,7 +255,7 @@ def _upsert(
     path: Path,
     line: int,
     definition: FeatureRules,
-) -> str:
+) -> ValueChange:
     """Store one value; an existing different value for the same patient, date and feature is superseded."""
     table = LabObservation.__table__
     key = f"csv:{patient_hash}:{when.isoformat()}:{feature}"
@@ -245,7 +265,7 @@ def _upsert(
         )
     ).first()
     if current is not None and current.value == number and current.value_text == text:
-        return "unchanged"
+        return ValueChange.unchanged
     now = utcnow()
     if current is not None:
         connection.execute(table.update().where(table.c.id == current.id).values(superseded_at=now))
@@ -273,4 +293,4 @@ def _upsert(
             "value_text": text,
         },
     )
-    return "changed" if current is not None else "added"
+    return ValueChange.changed if current is not None else ValueChange.added

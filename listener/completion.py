@@ -11,6 +11,7 @@ the old one stopped.
 
 from __future__ import annotations
 
+import enum
 import os
 import socket
 import threading
@@ -35,6 +36,13 @@ class CompletionPolicy:
     quiet_seconds: float
     grace_seconds: float
     rules: EligibilityRules
+
+
+class Completion(enum.StrEnum):
+    complete = "complete"
+    """Eligible: its job was created in the same transaction."""
+    ineligible = "ineligible"
+    """Recorded with the reason; no job."""
 
 
 @dataclass
@@ -77,10 +85,10 @@ def _candidates(engine: Engine, policy: CompletionPolicy, now: datetime) -> list
 
 def complete_series(
     engine: Engine, series_id: int, seen_last: datetime, policy: CompletionPolicy
-) -> str | None:
+) -> Completion | None:
     """Complete one series (and create its job) unless an instance arrived meanwhile.
 
-    Returns "complete", "ineligible", or None when another scanner or a new
+    Returns None when another scanner or a new
     instance got there first. The compare-and-set on ``last_received_at`` makes
     concurrent scanners and late instances safe.
     """
@@ -117,10 +125,10 @@ def complete_series(
         with unit_of_work(series=row.series_instance_uid, series_id=series_id):
             if reason is not None:
                 log.info("series.ineligible", reason=reason)
-                return "ineligible"
+                return Completion.ineligible
             job = create_job(session, series_id, row.generation + 1, detail="series complete")
             log.info("series.complete", generation=row.generation + 1, job_id=job.id)
-            return "complete"
+            return Completion.complete
 
 
 def scan(engine: Engine, policy: CompletionPolicy) -> ScanResult:
@@ -128,10 +136,10 @@ def scan(engine: Engine, policy: CompletionPolicy) -> ScanResult:
     for series_id, seen_last in _candidates(engine, policy, utcnow()):
         outcome = complete_series(engine, series_id, seen_last, policy)
         if outcome is not None:
-            metric("series").labels(result=outcome).inc()
-        if outcome == "complete":
+            metric("series").labels(result=outcome.value).inc()
+        if outcome is Completion.complete:
             result.completed += 1
-        elif outcome == "ineligible":
+        elif outcome is Completion.ineligible:
             result.ineligible += 1
     return result
 

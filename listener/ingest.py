@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import enum
 import os
 import threading
 from collections import Counter
@@ -40,6 +41,16 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC001
+
+
+class InstanceChange(enum.StrEnum):
+    """What storing one instance did to the record."""
+
+    added = "added"
+    replaced = "replaced"
+    """Same SOP Instance UID, different bytes: a resend with new content."""
+    unchanged = "unchanged"
+    """Same SOP Instance UID, same bytes: a repeated send, nothing to do."""
 
 
 @dataclass(frozen=True)
@@ -188,9 +199,9 @@ class Ingestor:
             ledger.bytes_received += size
         metric("instances").labels(kind="ct").inc()
         metric("bytes").inc(size)
-        if change == "replaced":
+        if change is InstanceChange.replaced:
             log.warning("store.instance_replaced", series=series_uid, sop_instance=sop_uid)
-        return Outcome(SUCCESS, stored=change != "unchanged")
+        return Outcome(SUCCESS, stored=change is not InstanceChange.unchanged)
 
     def _make_durable(self, path: Path) -> str:
         """Flush the staging file's data to disk and return its sha256 (read from the page cache).
@@ -229,8 +240,8 @@ class Ingestor:
         size: int,
         digest: str,
         ledger: AssociationLedger,
-    ) -> str:
-        """Commit the rows of one instance; returns "added", "replaced" or "unchanged"."""
+    ) -> InstanceChange:
+        """Commit the rows of one instance."""
         now = utcnow()
         instance, link = self._tables["instance"], self._tables["link"]
         if ledger.connection is None:
@@ -258,24 +269,24 @@ class Ingestor:
                 "received_at": now,
             }
             inserted = insert_ignore(connection, instance, {"sop_instance_uid": sop_uid, **values})
-            change = "added"
+            change = InstanceChange.added
             if not inserted:
                 previous = connection.execute(
                     sa.select(instance.c.sha256).where(instance.c.sop_instance_uid == sop_uid)
                 ).scalar_one()
                 if previous == digest:
-                    change = "unchanged"
+                    change = InstanceChange.unchanged
                 else:
                     connection.execute(
                         instance.update().where(instance.c.sop_instance_uid == sop_uid).values(**values)
                     )
-                    change = "replaced"
-            if change != "unchanged":
+                    change = InstanceChange.replaced
+            if change is not InstanceChange.unchanged:
                 connection.execute(
                     self._touch_series,
                     {
                         "series_key": series_id,
-                        "added": int(change == "added"),
+                        "added": int(change is InstanceChange.added),
                         "size": size,
                         "now": now,
                         "first": now,

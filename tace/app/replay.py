@@ -21,6 +21,10 @@ class ReplayRefused(ValueError):
     """This job cannot be replayed as asked; the message says why."""
 
 
+class JobNotFound(ReplayRefused):
+    """No job has this id."""
+
+
 @dataclass(frozen=True)
 class ReplayOutcome:
     job_id: int
@@ -49,7 +53,7 @@ def replay_job(
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
         if job is None:
-            raise ReplayRefused(f"no job {job_id}")
+            raise JobNotFound(f"no job {job_id}")
         _check(session, job, Stage.infer if new_generation else stage, stall_seconds)
         if new_generation:
             series = session.get(Series, job.series_id)

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from tace.app import admin
 from tace.app.api.auth import Principal, TokenCheck
 from tace.app.api.health import health
-from tace.app.replay import ReplayRefused, replay_job
+from tace.app.replay import JobNotFound, ReplayRefused, replay_job
 from tace.db import JobState, Stage, session_scope
 from tace.settings import Settings
 
@@ -66,6 +66,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     def replay(job_id: int, from_stage: str, new_generation: bool) -> dict[str, Any]:
         try:
             stage = Stage(from_stage)
+        except ValueError:
+            stages = ", ".join(s.value for s in Stage)
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"unknown stage {from_stage!r}; use {stages}"
+            ) from None
+        try:
             outcome = replay_job(
                 engine,
                 job_id,
@@ -74,9 +80,10 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                 stall_seconds=settings.job_stall_seconds,
                 reason="replayed from the admin page",
             )
-        except ValueError as exc:
-            code = status.HTTP_404_NOT_FOUND if str(exc).startswith("no job") else status.HTTP_409_CONFLICT
-            raise HTTPException(code, str(exc)) from None
+        except JobNotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        except ReplayRefused as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         return {"job_id": outcome.job_id, "replayed_as": outcome.replayed_as, "stage": outcome.stage.value}
 
     @app.get("/healthz")
@@ -191,6 +198,3 @@ def _state(state: str | None) -> JobState | None:
         return JobState(state)
     except ValueError:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown state {state!r}") from None
-
-
-__all__ = ["ReplayRefused", "create_app"]
