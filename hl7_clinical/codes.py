@@ -37,7 +37,6 @@ class CodeMapping:
     feature: str
     canonical: str
     units: dict[str, Conversion]
-    note: str | None = None
 
     def convert(self, value: float, unit: str | None) -> float:
         conversion = self.units.get(normalise_unit(unit))
@@ -72,7 +71,7 @@ class CodeMap:
                     f"differs from the schema's {definition.unit!r}"
                 )
             units = {normalise_unit(u): _conversion(c, feature) for u, c in item["units"].items()}
-            mapping = CodeMapping(feature, item["canonical"], units, item.get("note"))
+            mapping = CodeMapping(feature, item["canonical"], units)
             for code in item["codes"]:
                 by_code[code.upper()] = mapping
         return cls(by_code, _read_local_codes(local_codes) if local_codes else {})

@@ -52,7 +52,6 @@ class MllpServer:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hl7-store")
         self._facility = facility
         self._server: asyncio.base_events.Server | None = None
-        self.connections = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -73,7 +72,6 @@ class MllpServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        self.connections += 1
         buffer = bytearray()
         try:
             while True:
@@ -90,7 +88,6 @@ class MllpServer:
         except (ConnectionError, ssl.SSLError) as exc:
             log.info("hl7.connection_lost", peer=str(peer), error=exc.__class__.__name__)
         finally:
-            self.connections -= 1
             writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()

@@ -45,12 +45,6 @@ class Completion(enum.StrEnum):
     """Recorded with the reason; no job."""
 
 
-@dataclass
-class ScanResult:
-    completed: int = 0
-    ineligible: int = 0
-
-
 def _candidates(engine: Engine, policy: CompletionPolicy, now: datetime) -> list[tuple[int, datetime]]:
     series, link, assoc = Series.__table__, SeriesAssociation.__table__, Association.__table__
     open_links = (
@@ -131,17 +125,11 @@ def complete_series(
             return Completion.complete
 
 
-def scan(engine: Engine, policy: CompletionPolicy) -> ScanResult:
-    result = ScanResult()
+def scan(engine: Engine, policy: CompletionPolicy) -> None:
     for series_id, seen_last in _candidates(engine, policy, utcnow()):
         outcome = complete_series(engine, series_id, seen_last, policy)
         if outcome is not None:
             metric("series").labels(result=outcome.value).inc()
-        if outcome is Completion.complete:
-            result.completed += 1
-        elif outcome is Completion.ineligible:
-            result.ineligible += 1
-    return result
 
 
 def run_scanner(

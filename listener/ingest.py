@@ -345,7 +345,6 @@ class Ingestor:
                 "state": SeriesState.receiving,
                 "instance_count": 0,
                 "total_bytes": 0,
-                "open_associations": 0,
                 "generation": 0,
                 "created_at": now,
             },

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 LAYERS = (3, 4, 6, 3)
 WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
-FEATURE_DIM = WIDTHS[-1] * EXPANSION
 
 
 class BackboneWeightsError(ValueError):

@@ -126,11 +126,9 @@ class Series(SQLModel, table=True):
     ineligible_reason: str | None = None
     instance_count: int = 0
     total_bytes: int = Field(default=0, sa_type=sa.BigInteger)
-    open_associations: int = 0
     generation: int = 0
     first_received_at: datetime | None = _utc_column()
     last_received_at: datetime | None = _utc_column()
-    released_at: datetime | None = _utc_column()
     completed_at: datetime | None = _utc_column()
     created_at: datetime = _created_column()
 

@@ -132,10 +132,6 @@ class Storage:
         return self.root / "sr"
 
     @property
-    def hl7_dir(self) -> Path:
-        return self.root / "hl7"
-
-    @property
     def broker_dir(self) -> Path:
         return self.root / "broker"
 
@@ -149,7 +145,6 @@ class Storage:
             self.dicom_dir,
             self.staging_dir,
             self.sr_dir,
-            self.hl7_dir,
             self.models_dir,
         ):
             directory.mkdir(parents=True, exist_ok=True)

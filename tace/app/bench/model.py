@@ -9,7 +9,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 
@@ -17,14 +16,6 @@ from model.config import CLDCAConfig
 from model.device import inference_precision
 from model.network import CLDCA
 from model.resnet import ResNet50
-
-
-@dataclass(frozen=True)
-class Measurement:
-    mode: str
-    batch_slices: int
-    slices_per_second: float
-    series_per_second: float
 
 
 def _sync(device: torch.device) -> None:
