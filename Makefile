@@ -28,6 +28,7 @@ run: install
 
 lint: install-dev
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -14,7 +14,7 @@ import datetime as dt
 import enum
 import hashlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from hl7_clinical.codes import CodeMap, CodeMapError, CodeMapping
 from hl7_clinical.definitions import Definitions, FeatureRules
 from hl7_clinical.identity import effective_issuer
 from tace import phi
-from tace.db import LabObservation, insert_ignore, utcnow
+from tace.db import LabObservation, insert_ignore, table, utcnow
 from tace.jobs import wake_waiting_jobs
 
 _RESERVED = {"patient_id", "issuer", "date"}
@@ -92,7 +92,7 @@ def _parse_date(text: str) -> dt.datetime:
     raise ValueError(f"date {text!r} is not YYYY-MM-DD[ HH:MM[:SS]]")
 
 
-def _columns(header: list[str], definitions: Definitions, codes: CodeMap) -> list[_Column]:
+def _columns(header: Sequence[str], definitions: Definitions, codes: CodeMap) -> list[_Column]:
     by_loinc = codes.loinc_columns()
     columns, unknown = [], []
     for name in header:
@@ -257,22 +257,22 @@ def _upsert(
     definition: FeatureRules,
 ) -> ValueChange:
     """Store one value; an existing different value for the same patient, date and feature is superseded."""
-    table = LabObservation.__table__
+    labs = table(LabObservation)
     key = f"csv:{patient_hash}:{when.isoformat()}:{feature}"
     current = connection.execute(
-        sa.select(table.c.id, table.c.value, table.c.value_text).where(
-            table.c.observation_key == key, table.c.superseded_at.is_(None)
+        sa.select(labs.c.id, labs.c.value, labs.c.value_text).where(
+            labs.c.observation_key == key, labs.c.superseded_at.is_(None)
         )
     ).first()
     if current is not None and current.value == number and current.value_text == text:
         return ValueChange.unchanged
     now = utcnow()
     if current is not None:
-        connection.execute(table.update().where(table.c.id == current.id).values(superseded_at=now))
+        connection.execute(labs.update().where(labs.c.id == current.id).values(superseded_at=now))
     fingerprint = hashlib.sha256(f"{number!r}|{text}".encode()).hexdigest()[:8]
     insert_ignore(
         connection,
-        table,
+        labs,
         {
             "patient_id": patient_id,
             "issuer_of_patient_id": issuer,

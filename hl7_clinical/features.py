@@ -9,15 +9,16 @@ Features without a value are listed as missing, never filled with zero here.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from hl7_clinical.definitions import Definitions, FeatureRules
 from hl7_clinical.statuses import FINAL, PRELIMINARY
-from tace.db import Hl7Message, LabObservation
+from tace.db import Hl7Message, LabObservation, table
 
 
 @dataclass(frozen=True)
@@ -100,23 +101,23 @@ def clinical_features(
     at: dt.datetime,
     definitions: Definitions,
 ) -> ClinicalFeatures:
-    table = LabObservation.__table__
+    labs = table(LabObservation)
     with engine.connect() as connection:
         rows = connection.execute(
-            sa.select(table)
+            sa.select(labs)
             .where(
-                table.c.patient_id == patient_id,
-                table.c.issuer_of_patient_id.is_(None)
+                labs.c.patient_id == patient_id,
+                labs.c.issuer_of_patient_id.is_(None)
                 if issuer is None
-                else table.c.issuer_of_patient_id == issuer,
-                table.c.superseded_at.is_(None),
+                else labs.c.issuer_of_patient_id == issuer,
+                labs.c.superseded_at.is_(None),
             )
-            .order_by(table.c.observed_at.desc(), table.c.id.desc())
+            .order_by(labs.c.observed_at.desc(), labs.c.id.desc())
         ).all()
         message_ids = {r.message_id for r in rows if r.message_id is not None}
         messages = {}
         if message_ids:
-            message = Hl7Message.__table__
+            message = table(Hl7Message)
             messages = {
                 m.id: (m.control_id, m.sender)
                 for m in connection.execute(
@@ -150,7 +151,7 @@ def clinical_features(
 def _pick(
     name: str,
     definition: FeatureRules,
-    rows: list[sa.Row],
+    rows: Sequence[sa.Row[Any]],
     at: dt.datetime,
     messages: Mapping[int, tuple[str, str]],
 ) -> FeatureValue | None:

@@ -25,7 +25,7 @@ from hl7_clinical.identity import IdentityRules, PatientKey, choose_patient
 from hl7_clinical.oru import Header, MessageError, Observation, decode, parse_oru, read_header
 from hl7_clinical.statuses import REMOVING, USABLE
 from tace import phi
-from tace.db import Hl7Message, LabObservation, insert_ignore, utcnow
+from tace.db import Hl7Message, LabObservation, insert_ignore, table, utcnow
 from tace.jobs import wake_waiting_jobs
 from tace.logging import get_logger, unit_of_work
 from tace.metrics import metric
@@ -66,7 +66,7 @@ class Hl7Intake:
         self._codes = codes
         self._definitions = definitions
         self._policy = policy
-        message, observation = Hl7Message.__table__, LabObservation.__table__
+        message, observation = table(Hl7Message), table(LabObservation)
         self._insert_message = sa.insert(message).returning(message.c.id)
         self._insert_observation = sa.insert(observation)
         self._supersede = (
@@ -147,11 +147,11 @@ class Hl7Intake:
         return None
 
     def _find(self, header: Header) -> tuple[int, str] | None:
-        table = Hl7Message.__table__
+        messages = table(Hl7Message)
         with self._engine.connect() as connection:
             row = connection.execute(
-                sa.select(table.c.id, table.c.ack_code).where(
-                    table.c.sender == header.sender, table.c.control_id == header.control_id
+                sa.select(messages.c.id, messages.c.ack_code).where(
+                    messages.c.sender == header.sender, messages.c.control_id == header.control_id
                 )
             ).first()
         return (row[0], row[1]) if row else None
@@ -162,7 +162,7 @@ class Hl7Intake:
             with self._engine.begin() as connection:
                 insert_ignore(
                     connection,
-                    Hl7Message.__table__,
+                    table(Hl7Message),
                     {
                         "sender": "(unreadable)",
                         "control_id": f"sha256:{digest[:40]}",

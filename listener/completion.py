@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from listener.eligibility import EligibilityRules, ineligibility
-from tace.db import Association, AssociationOutcome, Series, SeriesAssociation, SeriesState, utcnow
+from tace.db import Association, AssociationOutcome, Series, SeriesAssociation, SeriesState, table, utcnow
 from tace.jobs import create_job
 from tace.logging import get_logger, unit_of_work
 from tace.metrics import metric
@@ -46,7 +46,7 @@ class Completion(enum.StrEnum):
 
 
 def _candidates(engine: Engine, policy: CompletionPolicy, now: datetime) -> list[tuple[int, datetime]]:
-    series, link, assoc = Series.__table__, SeriesAssociation.__table__, Association.__table__
+    series, link, assoc = table(Series), table(SeriesAssociation), table(Association)
     open_links = (
         sa.select(sa.func.count())
         .select_from(link.join(assoc, assoc.c.id == link.c.association_id))
@@ -86,14 +86,17 @@ def complete_series(
     instance got there first. The compare-and-set on ``last_received_at`` makes
     concurrent scanners and late instances safe.
     """
-    table = Series.__table__
+    series_table = table(Series)
     with Session(engine) as session, session.begin():
         connection = session.connection()
         row = connection.execute(
             sa.select(
-                table.c.modality, table.c.series_description, table.c.generation, table.c.series_instance_uid
+                series_table.c.modality,
+                series_table.c.series_description,
+                series_table.c.generation,
+                series_table.c.series_instance_uid,
             )
-            .where(table.c.id == series_id, table.c.state == SeriesState.receiving)
+            .where(series_table.c.id == series_id, series_table.c.state == SeriesState.receiving)
             .with_for_update()
         ).first()
         if row is None:
@@ -106,11 +109,11 @@ def complete_series(
         else:
             values.update(state=SeriesState.ineligible, ineligible_reason=reason)
         updated = connection.execute(
-            table.update()
+            series_table.update()
             .where(
-                table.c.id == series_id,
-                table.c.state == SeriesState.receiving,
-                table.c.last_received_at == seen_last,
+                series_table.c.id == series_id,
+                series_table.c.state == SeriesState.receiving,
+                series_table.c.last_received_at == seen_last,
             )
             .values(**values)
         )
@@ -163,19 +166,19 @@ def close_orphaned_associations(engine: Engine) -> int:
     Their series then complete after the grace period instead of waiting for the
     quiet timeout; a killed listener loses nothing that it acknowledged.
     """
-    table = Association.__table__
+    associations = table(Association)
     host = socket.gethostname()
     with engine.begin() as connection:
         rows = connection.execute(
-            sa.select(table.c.id, table.c.listener).where(
-                table.c.ended_at.is_(None), table.c.listener.like(f"{host}:%")
+            sa.select(associations.c.id, associations.c.listener).where(
+                associations.c.ended_at.is_(None), associations.c.listener.like(f"{host}:%")
             )
         ).all()
         dead = [row.id for row in rows if not process_alive(int(row.listener.rsplit(":", 1)[1]))]
         if dead:
             connection.execute(
-                table.update()
-                .where(table.c.id.in_(dead))
+                associations.update()
+                .where(associations.c.id.in_(dead))
                 .values(
                     ended_at=utcnow(), outcome=AssociationOutcome.aborted, reason="listener process ended"
                 )

@@ -9,6 +9,7 @@ for, so an accepted CT can always be turned into pixels by the worker.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from pydicom.pixels import get_decoder
@@ -22,9 +23,11 @@ from pydicom.uid import (
 )
 from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification
 
 from listener.ingest import CT_SOP_CLASSES
+
+VERIFICATION = UID("1.2.840.10008.1.1")
+"""Verification SOP Class (C-ECHO); pynetdicom generates its sop_class names at run time."""
 
 _NATIVE = [
     ImplicitVRLittleEndian,
@@ -62,8 +65,8 @@ def decodable_transfer_syntaxes() -> list[UID]:
     return found
 
 
-def _shared(abstract_syntax: str, transfer_syntaxes: list[UID]) -> _SharedContext:
-    built = build_context(abstract_syntax, transfer_syntaxes)
+def _shared(abstract_syntax: str, transfer_syntaxes: Sequence[str]) -> _SharedContext:
+    built = build_context(abstract_syntax, list[str | UID](transfer_syntaxes))
     context = _SharedContext()
     context.abstract_syntax = built.abstract_syntax
     context.transfer_syntax = list(built.transfer_syntax)
@@ -74,7 +77,7 @@ def supported_contexts() -> list[PresentationContext]:
     ct_syntaxes = decodable_transfer_syntaxes()
     every_syntax = [s for s in AllTransferSyntaxes if s not in _NATIVE]
     contexts: list[PresentationContext] = [
-        _shared(Verification, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+        _shared(VERIFICATION, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
     ]
     seen = set()
     for context in AllStoragePresentationContexts:

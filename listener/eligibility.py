@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from listener.ingest import CT_SOP_CLASSES
-from tace.db import Instance
+from tace.db import Instance, table
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def ineligibility(
         rules.description_pattern, description or "", re.IGNORECASE
     ):
         return f"series description {description or ''!r} does not match {rules.description_pattern!r}"
-    instance = Instance.__table__
+    instance = table(Instance)
     rows = connection.execute(
         sa.select(instance.c.sop_class_uid, instance.c.image_type, instance.c.plane, instance.c.frames).where(
             instance.c.series_id == series_id

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from listener.dataset_check import UnreadableDataset, image_plane, read_header
 from tace import phi
-from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, insert_ignore, utcnow
+from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, insert_ignore, table, utcnow
 from tace.dicom_header import study_datetime, text
 from tace.logging import get_logger
 from tace.metrics import metric
@@ -107,12 +107,12 @@ class Ingestor:
         self._storage = storage
         self._min_free_bytes = min_free_bytes
         self._tables = {
-            "study": Study.__table__,
-            "series": Series.__table__,
-            "instance": Instance.__table__,
-            "link": SeriesAssociation.__table__,
+            "study": table(Study),
+            "series": table(Series),
+            "instance": table(Instance),
+            "link": table(SeriesAssociation),
         }
-        series = Series.__table__
+        series = table(Series)
         self._touch_series = (
             series.update()
             .where(series.c.id == sa.bindparam("series_key"))

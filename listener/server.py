@@ -19,6 +19,7 @@ import pydicom.config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association as PynetdicomAssociation
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import Engine
 
@@ -59,6 +60,14 @@ def tune_pynetdicom(staging_dir: Path) -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     ThreadedAssociationServer.allow_reuse_port = True
+
+
+def _ae_titles(event: evt.Event) -> tuple[str, str]:
+    """(calling, called) AE titles of the association request, stripped; empty when not yet known."""
+    primitive = event.assoc.requestor.primitive
+    if primitive is None:
+        return "", ""
+    return (primitive.calling_ae_title or "").strip(), (primitive.called_ae_title or "").strip()
 
 
 def _status(code: int, comment: str | None) -> Dataset:
@@ -110,7 +119,7 @@ class Listener:
         return ae
 
     def start(self) -> ThreadedAssociationServer:
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -170,7 +179,7 @@ class Listener:
                 raise OSError(f"PDU of {nr_bytes} bytes exceeds the {limit}-byte limit")
             return read(nr_bytes)
 
-        transport.recv = bounded_recv
+        transport.recv = bounded_recv  # type: ignore[method-assign]  # cap each PDU before pynetdicom buffers it
 
     def _peer(self, event: evt.Event) -> tuple[str, int | None]:
         info = event.assoc.requestor
@@ -179,8 +188,7 @@ class Listener:
     def _refusal(self, event: evt.Event) -> tuple[int, str] | None:
         settings = self._settings
         host, _ = self._peer(event)
-        calling = (event.assoc.requestor.primitive.calling_ae_title or "").strip()
-        called = (event.assoc.requestor.primitive.called_ae_title or "").strip()
+        calling, called = _ae_titles(event)
         if settings.allowed_peer_networks:
             try:
                 address = ipaddress.ip_address(host)
@@ -196,13 +204,13 @@ class Listener:
 
     def _record_rejection(self, event: evt.Event, reason: str) -> None:
         host, port = self._peer(event)
-        primitive = event.assoc.requestor.primitive
+        calling, called = _ae_titles(event)
         row = Association(
             listener=self._identity,
             peer_host=host,
             peer_port=port,
-            calling_ae=(primitive.calling_ae_title or "").strip()[:16],
-            called_ae=(primitive.called_ae_title or "").strip()[:16],
+            calling_ae=calling[:16],
+            called_ae=called[:16],
             tls=self._tls is not None,
             outcome=AssociationOutcome.rejected,
             reason=reason,
@@ -222,7 +230,7 @@ class Listener:
         if refusal is None:
             return
         diagnostic, reason = refusal
-        event.assoc._tace_rejection_recorded = True  # type: ignore[attr-defined]
+        event.assoc._tace_rejection_recorded = True  # type: ignore[attr-defined]  # marks our own refusal for EVT_REJECTED
         self._record_rejection(event, reason)
         event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, diagnostic)
         event.assoc.kill()
@@ -233,8 +241,8 @@ class Listener:
 
     def _on_accepted(self, event: evt.Event) -> None:
         host, port = self._peer(event)
-        primitive = event.assoc.requestor.primitive
-        calling = (primitive.calling_ae_title or "").strip()[:16]
+        calling, called = _ae_titles(event)
+        calling = calling[:16]
         row_id: int | None = None
         try:
             with session_scope(self._engine) as session:
@@ -243,7 +251,7 @@ class Listener:
                     peer_host=host,
                     peer_port=port,
                     calling_ae=calling,
-                    called_ae=(primitive.called_ae_title or "").strip()[:16],
+                    called_ae=called[:16],
                     tls=self._tls is not None,
                     started_at=utcnow(),
                 )
@@ -263,6 +271,7 @@ class Listener:
 
     def _on_store(self, event: evt.Event) -> Dataset:
         request = event.request
+        assert isinstance(request, C_STORE), "bound to EVT_C_STORE only"
         with self._lock:
             state = self._open.get(event.assoc)
         if state is None:

@@ -52,12 +52,12 @@ class Predictor:
         self.bf16 = bf16
         self.slice_batch = slice_batch
         if compile_backbone and device.type == "cuda" and self.model.backbone is not None:
-            self.model.backbone = torch.compile(self.model.backbone)  # type: ignore[assignment]
+            self.model.backbone = torch.compile(self.model.backbone)  # type: ignore[assignment]  # the compiled wrapper runs as the ResNet50 it wraps
 
     @classmethod
-    def load(cls, path: Path, device: str = "auto", **options: object) -> Predictor:
+    def load(cls, path: Path, device: str = "auto") -> Predictor:
         resolved = resolve_device(device)
-        return cls(load_checkpoint(path, resolved), resolved, **options)  # type: ignore[arg-type]
+        return cls(load_checkpoint(path, resolved), resolved)
 
     def _slice_features(self, volume_hu: Tensor) -> Tensor:
         slices = preprocess_volume(volume_hu, self.meta.preprocess)

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-LAYERS = (3, 4, 6, 3)
-WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
+"""A bottleneck's output has four times its width in channels."""
 
 
 class BackboneWeightsError(ValueError):
@@ -49,6 +48,15 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def _stage(blocks: int, in_channels: int, width: int, stride: int) -> nn.Sequential:
+    """One of layer1..layer4: the first bottleneck changes channels (and stride), the rest keep them."""
+    out_channels = width * EXPANSION
+    return nn.Sequential(
+        Bottleneck(in_channels, width, stride),
+        *(Bottleneck(out_channels, width) for _ in range(blocks - 1)),
+    )
+
+
 class ResNet50(nn.Module):
     """ResNet-50 up to global average pooling: images (N, 3, H, W) -> features (N, 2048)."""
 
@@ -58,14 +66,10 @@ class ResNet50(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_channels = 64
-        for index, (blocks, width) in enumerate(zip(LAYERS, WIDTHS, strict=True), start=1):
-            stride = 1 if index == 1 else 2
-            layer = []
-            for block in range(blocks):
-                layer.append(Bottleneck(in_channels, width, stride if block == 0 else 1))
-                in_channels = width * EXPANSION
-            setattr(self, f"layer{index}", nn.Sequential(*layer))
+        self.layer1 = _stage(3, 64, 64, stride=1)
+        self.layer2 = _stage(4, 256, 128, stride=2)
+        self.layer3 = _stage(6, 512, 256, stride=2)
+        self.layer4 = _stage(3, 1024, 512, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self._init_weights()
 

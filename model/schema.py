@@ -154,7 +154,7 @@ class FeatureSpec:
 
 def _as_float(name: str, value: object) -> float:
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]  # any value may come in: float() refusing it is the check
     except (TypeError, ValueError):
         raise FeatureValueError(name, f"{value!r} is not a number") from None
     if not math.isfinite(number):
@@ -289,7 +289,7 @@ class FeatureSchema:
             elif number is None:
                 out[feature.name] = None
             else:
-                value = float(number)  # type: ignore[arg-type]
+                value = float(number)
                 out[feature.name] = math.log10(1.0 + max(value, 0.0)) if feature.log_scale else value
         return out
 

@@ -84,7 +84,7 @@ def _state_digest(state: dict[str, Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
-        digest.update(state[name].float().sum().item().hex().encode())
+        digest.update(float(state[name].float().sum().item()).hex().encode())
     return digest.hexdigest()[:16]
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def train_from_manifest(
     samples = _samples(cases, loader, preprocess, config, backbone_state, target, progress, cache_dir)
     variants = list(Variant) if ablations else [config.variant]
     results = []
-    context = {
+    context: dict[str, Any] = {
         "manifest": str(manifest),
         "schema": schema.name,
         "settings": {

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -312,6 +312,11 @@ class Prediction(SQLModel, table=True):
     sr_series_instance_uid: str | None = Field(default=None, max_length=64)
     sr_path: str | None = None
     created_at: datetime = _created_column()
+
+
+def table(model: type[SQLModel]) -> sa.Table:
+    """The Core table of a model, typed (SQLModel sets ``__table__`` only when the class is built)."""
+    return cast(sa.Table, sa.inspect(model).local_table)
 
 
 def insert_ignore(connection: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:

@@ -28,6 +28,7 @@ from tace.db import (
     Stage,
     Study,
     session_scope,
+    table,
     utcnow,
 )
 
@@ -66,7 +67,7 @@ def create_job(session: Session, series_id: int, generation: int, detail: str | 
     _event(session, job.id, JobState.received, Stage.infer, detail)
     older = session.exec(
         select(Job).where(
-            Job.series_id == series_id,
+            col(Job.series_id) == series_id,
             Job.id != job.id,
             col(Job.state).not_in(list(TERMINAL_JOB_STATES)),
         )
@@ -97,10 +98,10 @@ def claim(
     now = utcnow()
     stale_before = now - timedelta(seconds=stall_seconds)
     token = uuid.uuid4().hex
-    ready = sa.and_(Job.stage == stage, col(Job.state).in_(_READY_STATES[stage]))
+    ready = sa.and_(col(Job.stage) == stage, col(Job.state).in_(_READY_STATES[stage]))
     stale = sa.and_(
-        Job.stage == stage,
-        Job.state == JobState.running,
+        col(Job.stage) == stage,
+        col(Job.state) == JobState.running,
         sa.or_(col(Job.heartbeat_at).is_(None), col(Job.heartbeat_at) < stale_before),
     )
     with session_scope(engine) as session:
@@ -110,7 +111,7 @@ def claim(
         took_over = job.state == JobState.running
         if took_over and job.lost_leases + 1 >= max_lost_leases:
             reason = f"gave up: {job.lost_leases + 1} workers went silent on this job"
-            gave_up = session.execute(
+            gave_up = session.connection().execute(
                 sa.update(Job)
                 .where(col(Job.id) == job_id, stale)
                 .values(
@@ -121,12 +122,11 @@ def claim(
                     finished_at=now,
                     lost_leases=Job.lost_leases + 1,
                 )
-                .execution_options(synchronize_session=False)
             )
             if gave_up.rowcount == 1:
                 _event(session, job_id, JobState.failed, stage, reason)
             return None
-        result = session.execute(
+        result = session.connection().execute(
             sa.update(Job)
             .where(col(Job.id) == job_id, sa.or_(ready, stale))
             .values(
@@ -139,7 +139,6 @@ def claim(
                 updated_at=now,
                 not_before=None,
             )
-            .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:
             return None
@@ -152,11 +151,12 @@ def claim(
 def heartbeat(engine: Engine, lease: Lease) -> bool:
     """Prove the worker is alive; ``False`` means the lease was lost and work must stop."""
     with session_scope(engine) as session:
-        result = session.execute(
+        result = session.connection().execute(
             sa.update(Job)
-            .where(col(Job.id) == lease.job_id, Job.lease == lease.token, Job.state == JobState.running)
+            .where(
+                col(Job.id) == lease.job_id, col(Job.lease) == lease.token, col(Job.state) == JobState.running
+            )
             .values(heartbeat_at=utcnow())
-            .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
 
@@ -195,13 +195,12 @@ def finish(
         values["published_at"] = None
     statement = (
         sa.update(Job)
-        .where(col(Job.id) == lease.job_id, Job.lease == lease.token, Job.state == JobState.running)
+        .where(col(Job.id) == lease.job_id, col(Job.lease) == lease.token, col(Job.state) == JobState.running)
         .values(**values)
-        .execution_options(synchronize_session=False)
     )
 
     def apply(target: Session) -> None:
-        if target.execute(statement).rowcount != 1:
+        if target.connection().execute(statement).rowcount != 1:
             raise LeaseLost(f"job {lease.job_id}: lease lost before it could become {state}")
         _event(target, lease.job_id, state, next_stage, error or detail)
 
@@ -220,11 +219,8 @@ def mark_published(engine: Engine, job_id: int, from_state: JobState) -> bool:
         values["state"] = JobState.queued
         values["updated_at"] = now
     with session_scope(engine) as session:
-        result = session.execute(
-            sa.update(Job)
-            .where(col(Job.id) == job_id, Job.state == from_state)
-            .values(**values)
-            .execution_options(synchronize_session=False)
+        result = session.connection().execute(
+            sa.update(Job).where(col(Job.id) == job_id, col(Job.state) == from_state).values(**values)
         )
         if result.rowcount == 1 and from_state == JobState.received:
             _event(session, job_id, JobState.queued, Stage.infer, None)
@@ -278,7 +274,7 @@ class Heartbeat:
 
 
 def _waiting_for_patient() -> sa.Select[tuple[int]]:
-    job, series, study = Job.__table__, Series.__table__, Study.__table__
+    job, series, study = table(Job), table(Series), table(Study)
     joined = job.join(series, series.c.id == job.c.series_id).join(study, study.c.id == series.c.study_id)
     return (
         sa.select(job.c.id)
@@ -300,7 +296,7 @@ def wake_waiting_jobs(connection: sa.Connection, patient_hash: str) -> int:
     waiting = connection.execute(_WAITING_FOR_PATIENT, {"patient_hash": patient_hash}).scalars().all()
     if not waiting:
         return 0
-    job = Job.__table__
+    job = table(Job)
     due = job.update().where(job.c.id.in_(waiting)).values(not_before=utcnow(), published_at=None)
     connection.execute(due)
     return len(waiting)

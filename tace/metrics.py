@@ -89,18 +89,20 @@ class DatabaseCollector:
         import sqlalchemy as sa
         from prometheus_client.core import GaugeMetricFamily
 
-        from tace.db import Job, JobState, Series, SeriesState
+        from tace.db import Job, JobState, Series, SeriesState, table
 
         jobs = GaugeMetricFamily("tace_jobs", "Jobs by state", labels=["state"])
         depth = GaugeMetricFamily("tace_queue_depth", "Jobs waiting for a worker (received or queued)")
         receiving = GaugeMetricFamily("tace_series_receiving", "Series still receiving instances")
-        table = Job.__table__
+        jobs_table = table(Job)
         with self._engine.connect() as connection:
-            counts = dict(
-                connection.execute(sa.select(table.c.state, sa.func.count()).group_by(table.c.state)).all()
+            counts: dict[str, int] = dict(
+                connection.execute(
+                    sa.select(jobs_table.c.state, sa.func.count()).group_by(jobs_table.c.state)
+                ).all()
             )
             open_series = connection.execute(
-                sa.select(sa.func.count()).where(Series.__table__.c.state == SeriesState.receiving)
+                sa.select(sa.func.count()).where(table(Series).c.state == SeriesState.receiving)
             ).scalar_one()
         for state in JobState:
             jobs.add_metric([state.value], counts.get(state, 0))

@@ -66,7 +66,7 @@ class Relay:
                     sa.or_(
                         sa.and_(col(Job.state).in_([JobState.received, JobState.predicted]), ready),
                         sa.and_(
-                            Job.state == JobState.waiting_for_labs,
+                            col(Job.state) == JobState.waiting_for_labs,
                             col(Job.not_before) <= now,
                         ),
                     ),
@@ -79,14 +79,14 @@ class Relay:
                 select(Job)
                 .where(
                     sa.or_(
-                        Job.state == JobState.queued,
-                        sa.and_(Job.state == JobState.predicted, ready),
+                        col(Job.state) == JobState.queued,
+                        sa.and_(col(Job.state) == JobState.predicted, ready),
                         sa.and_(
-                            Job.state == JobState.running,
+                            col(Job.state) == JobState.running,
                             sa.or_(col(Job.heartbeat_at).is_(None), col(Job.heartbeat_at) < stale),
                         ),
                         sa.and_(
-                            Job.state == JobState.waiting_for_labs,
+                            col(Job.state) == JobState.waiting_for_labs,
                             col(Job.not_before) <= now,
                         ),
                     ),
@@ -96,9 +96,10 @@ class Relay:
                 .order_by(col(Job.id))
                 .limit(self._batch)
             ).all()
-        due: list[tuple[int, JobState, Stage, bool]] = [
-            (job_id, JobState(state), Stage(stage), False) for job_id, state, stage in fresh
-        ]
+        due: list[tuple[int, JobState, Stage, bool]] = []
+        for job_id, state, stage in fresh:
+            assert job_id is not None
+            due.append((job_id, JobState(state), Stage(stage), False))
         for job in waiting:
             assert job.id is not None and job.published_at is not None
             factor = min(2 ** max(job.publish_count - 1, 0), _MAX_BACKOFF_FACTOR)

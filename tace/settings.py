@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -251,7 +252,7 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
     name = loc[0] if loc else "settings"
     variable = f"TACE_{name.upper()}"

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from sqlmodel import select
 
-from tace.db import Delivery, DeliveryState, Prediction, Stage, session_scope, utcnow
+from tace.db import Delivery, DeliveryState, Prediction, Stage, session_scope, table, utcnow
 from tace.jobs import Lease
 from tace.logging import get_logger
 from tace.metrics import metric
@@ -164,7 +164,7 @@ def _record(
     attempts: int,
 ) -> None:
     now = utcnow()
-    table = Delivery.__table__
+    delivery_table = table(Delivery)
     values = {
         "sop_instance_uid": sop_uid,
         "state": state,
@@ -176,9 +176,11 @@ def _record(
     }
     with ctx.engine.begin() as connection:
         updated = connection.execute(
-            table.update()
-            .where(table.c.job_id == job_id, table.c.destination == destination)
+            delivery_table.update()
+            .where(delivery_table.c.job_id == job_id, delivery_table.c.destination == destination)
             .values(**values)
         )
         if updated.rowcount == 0:
-            connection.execute(sa.insert(table).values(job_id=job_id, destination=destination, **values))
+            connection.execute(
+                sa.insert(delivery_table).values(job_id=job_id, destination=destination, **values)
+            )

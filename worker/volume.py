@@ -217,9 +217,10 @@ def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_sli
         if len(images) != 1:
             raise VolumeError(f"series mixes {len(enhanced)} enhanced CT object(s) with other CT images")
         array, volume = _enhanced_volume(enhanced[0])
+        between_slices, between_rows, between_columns = (float(v) for v in volume.spacing)
         return SeriesVolume(
             hu=array,
-            spacing=tuple(float(v) for v in volume.spacing),
+            spacing=(between_slices, between_rows, between_columns),
             affine=volume.affine,
             sop_instance_uids=[enhanced[0].SOPInstanceUID],
             study_instance_uid=enhanced[0].StudyInstanceUID,
@@ -238,7 +239,11 @@ def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_sli
         raise VolumeError(undecodable)
     ordered = [item for _, item in sorted(zip(indices, images, strict=True), key=lambda pair: pair[0])]
     first = ordered[0].header
-    hu = np.stack([item.hu for item in ordered])
+    slices = []
+    for item in ordered:
+        assert item.hu is not None, "a slice without pixels has an error, refused above"
+        slices.append(item.hu)
+    hu = np.stack(slices)
     volume = highdicom.Volume.from_attributes(
         array=hu,
         image_position=first.ImagePositionPatient,

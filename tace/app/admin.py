@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from tace.db import Job, JobEvent, JobState, Prediction, Series, Study
+from tace.db import Job, JobEvent, JobState, Prediction, Series, Study, table
 
 
 @dataclass(frozen=True)
@@ -196,16 +196,16 @@ def lab_status(session: Session, patient_hash: str) -> dict[str, Any]:
 
     from tace.db import LabObservation
 
-    table = LabObservation.__table__
+    labs = table(LabObservation)
     rows = session.execute(
         sa.select(
-            table.c.feature,
+            labs.c.feature,
             sa.func.count(),
-            sa.func.max(table.c.observed_at),
-            sa.func.sum(sa.case((table.c.rejected_reason.is_not(None), 1), else_=0)),
+            sa.func.max(labs.c.observed_at),
+            sa.func.sum(sa.case((labs.c.rejected_reason.is_not(None), 1), else_=0)),
         )
-        .where(table.c.patient_hash == patient_hash, table.c.superseded_at.is_(None))
-        .group_by(table.c.feature)
+        .where(labs.c.patient_hash == patient_hash, labs.c.superseded_at.is_(None))
+        .group_by(labs.c.feature)
     ).all()
     return {
         "patient_hash": patient_hash,

@@ -75,9 +75,11 @@ def select_jobs(
     with session_scope(engine) as session:
         query = select(Job.id).join(Series, col(Series.id) == Job.series_id)
         if job_id is not None:
-            query = query.where(Job.id == job_id)
+            query = query.where(col(Job.id) == job_id)
         if series_uid is not None:
-            query = query.where(Series.series_instance_uid == series_uid, Job.state != JobState.superseded)
+            query = query.where(
+                Series.series_instance_uid == series_uid, col(Job.state) != JobState.superseded
+            )
         if state is not None:
-            query = query.where(Job.state == state)
-        return [int(i) for i in session.exec(query.order_by(col(Job.id))).all()]
+            query = query.where(col(Job.state) == state)
+        return [i for i in session.exec(query.order_by(col(Job.id))).all() if i is not None]

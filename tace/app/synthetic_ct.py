@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -284,6 +285,6 @@ def write_series(spec: SeriesSpec, directory: Path, volume_hu: np.ndarray | None
     return paths
 
 
-def variants(base: SeriesSpec, **changes: Sequence[object]) -> list[SeriesSpec]:
+def variants(base: SeriesSpec, **changes: Sequence[Any]) -> list[SeriesSpec]:
     """The base spec with each listed field set to each listed value, one change at a time."""
     return [replace(base, **{name: value}) for name, values in changes.items() for value in values]

@@ -47,6 +47,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _connect(port: int, deadline: float) -> socket.socket:
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tace hl7 did not listen on {port}") from None
+            time.sleep(0.1)
+
+
 def run_hl7_benchmark(messages: int = 2000, database_url: str | None = None) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="tace-bench-hl7-") as tmp:
         port = _free_port()
@@ -62,15 +72,7 @@ def run_hl7_benchmark(messages: int = 2000, database_url: str | None = None) -> 
             start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"tace hl7 did not listen on {port}") from None
-                    time.sleep(0.1)
+            sock = _connect(port, time.monotonic() + 30)
             payloads = [_message(n) for n in range(messages)]
             sock.sendall(payloads[0])
             _read_ack(sock)

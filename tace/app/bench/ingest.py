@@ -18,8 +18,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tace.app.synthetic_ct import SeriesSpec, write_series
@@ -126,14 +127,19 @@ def _ours(work: Path, port: int, processes: int, database_url: str | None) -> It
         process.wait(timeout=30)
 
 
-def _measure(start: Callable[[Path, int], object], folders: Sequence[Path], rounds: int, work: Path) -> Rate:
+def _measure(
+    start: Callable[[Path, int], AbstractContextManager[None]],
+    folders: Sequence[Path],
+    rounds: int,
+    work: Path,
+) -> Rate:
     instances = sum(len(list(f.glob("*.dcm"))) for f in folders)
     megabytes = sum(p.stat().st_size for f in folders for p in f.glob("*.dcm")) / 1e6
     times = []
     for round_index in range(rounds):
         round_dir = work / f"round-{round_index}"
         port = _free_port()
-        with start(round_dir, port):  # type: ignore[attr-defined]
+        with start(round_dir, port):
             times.append(_send(port, folders))
         shutil.rmtree(round_dir, ignore_errors=True)
     best = statistics.median(times)
@@ -170,7 +176,7 @@ def run_ingest_benchmark(
         done = 0
         for count in parallel:
             chosen = folders[:count]
-            reference = _measure(lambda d, p: _storescp(d, p), chosen, rounds, work)
+            reference = _measure(_storescp, chosen, rounds, work)
             done += 1
             if progress:
                 progress("measuring", done, total)
@@ -179,7 +185,9 @@ def run_ingest_benchmark(
                 f"{reference.megabytes_per_second:>7.1f} {1.0:>6.2f}"
             )
             for procs in processes:
-                ours = _measure(lambda d, p, n=procs: _ours(d, p, n, database_url), chosen, rounds, work)
+                ours = _measure(
+                    partial(_ours, processes=procs, database_url=database_url), chosen, rounds, work
+                )
                 done += 1
                 if progress:
                     progress("measuring", done, total)

@@ -100,7 +100,7 @@ def run_model_benchmark(
         resnet_forward = torch.compile(bare) if compiled else bare
         backbone_before = cldca.backbone
         if compiled:
-            cldca.backbone = torch.compile(cldca.backbone)  # type: ignore[assignment]
+            cldca.backbone = torch.compile(cldca.backbone)  # type: ignore[assignment]  # the compiled wrapper runs as the ResNet50 it wraps
         for batch in batch_sizes:
             series = max(batch // slices_per_series, 1)
             per_series = batch // series

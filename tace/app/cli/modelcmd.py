@@ -304,6 +304,7 @@ def predict(
     from worker.one_case import CaseRefused, predict_folder
 
     settings = runtime_of(ctx).settings
+    refusals: tuple[type[Exception], ...] = (CaseRefused, CsvError, *_model_errors())
     if not series_dir.is_dir():
         fail(f"{series_dir} is not a folder")
     try:
@@ -316,7 +317,7 @@ def predict(
             at=at,
             sr_out=sr_out,
         )
-    except (CaseRefused, CsvError, *_model_errors()) as exc:
+    except refusals as exc:
         fail(str(exc))
     p = result.prediction
     if as_json:
