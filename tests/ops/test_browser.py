@@ -380,3 +380,28 @@ def _job_rows(engine: Engine) -> list[tuple[Any, ...]]:
         jobs = connection.execute(sa.select(Job.__table__.c.id, Job.__table__.c.state)).all()
         events = connection.execute(sa.select(sa.func.count()).select_from(sa.table("jobevent"))).scalar_one()
     return [*map(tuple, jobs), ("events", events)]
+
+
+def test_the_session_cookie_is_secure_behind_a_local_tls_proxy(admin_api) -> None:
+    """`tace api` trusts X-Forwarded-Proto from this machine (uvicorn's default), as a TLS proxy here sends."""
+    import http.client
+
+    base, _ = admin_api
+    port = int(base.rsplit(":", 1)[1])
+
+    def login(headers: dict[str, str]) -> str:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request(
+            "POST",
+            "/login",
+            body="token=browser-operator",
+            headers={"Content-Type": "application/x-www-form-urlencoded", **headers},
+        )
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        assert response.status == 303
+        return response.getheader("set-cookie", "").lower()
+
+    assert "; secure" in login({"X-Forwarded-Proto": "https"})
+    assert "; secure" not in login({})
