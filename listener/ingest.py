@@ -174,7 +174,7 @@ class Ingestor:
             series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         except InvalidUID as exc:
             return Outcome(CANNOT_UNDERSTAND, str(exc)[:64])
-        phi.protect(ds.get("PatientID"), ds.get("PatientName"), ds.get("PatientBirthDate"))
+        phi.protect_dataset(ds)
         size = received.stat().st_size
         try:
             digest = self._make_durable(received)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from tace import phi
 from tace.db import (
     TERMINAL_JOB_STATES,
     Job,
@@ -51,7 +52,28 @@ class Lease:
 
 
 def _event(session: Session, job_id: int, state: JobState, stage: Stage, detail: str | None) -> None:
-    session.add(JobEvent(job_id=job_id, state=state, stage=stage, detail=detail, at=utcnow()))
+    session.add(JobEvent(job_id=job_id, state=state, stage=stage, detail=_scrubbed(detail), at=utcnow()))
+
+
+def _scrubbed(text: str | None) -> str | None:
+    """Job errors and timelines are shown to roles without identifiers: scrub before storing."""
+    return phi.scrub(text) if text else text
+
+
+def _protect_patient(session: Session, job_id: int) -> None:
+    """Register the job's patient identifiers in this process before its errors are written.
+
+    A worker learns them from the datasets it reads, but an error can be raised
+    before (or without) any read, and the send stage never parses the CT at all.
+    """
+    row = session.execute(
+        sa.select(col(Study.patient_id), col(Study.patient_name), col(Study.patient_birth_date))
+        .join(Series, col(Series.study_id) == Study.id)
+        .join(Job, col(Job.series_id) == Series.id)
+        .where(col(Job.id) == job_id)
+    ).first()
+    if row is not None:
+        phi.protect(*row)
 
 
 def create_job(session: Session, series_id: int, generation: int, detail: str | None = None) -> Job:
@@ -143,6 +165,7 @@ def claim(
         if result.rowcount != 1:
             return None
         session.refresh(job)
+        _protect_patient(session, job_id)
         detail = f"attempt {job.attempts}" + (" (previous worker went silent)" if took_over else "")
         _event(session, job_id, JobState.running, stage, detail)
         return Lease(job_id=job_id, token=token, stage=stage, attempt=job.attempts)
@@ -181,25 +204,28 @@ def finish(
         raise ValueError("finish() cannot move a job to running; use claim()")
     now = utcnow()
     next_stage = stage or lease.stage
-    values: dict[str, object] = {
-        "state": state,
-        "stage": next_stage,
-        "lease": None,
-        "updated_at": now,
-        "error": error,
-        "not_before": not_before,
-    }
-    if state in TERMINAL_JOB_STATES:
-        values["finished_at"] = now
-    if state in (JobState.predicted, JobState.waiting_for_labs):
-        values["published_at"] = None
-    statement = (
-        sa.update(Job)
-        .where(col(Job.id) == lease.job_id, col(Job.lease) == lease.token, col(Job.state) == JobState.running)
-        .values(**values)
-    )
 
     def apply(target: Session) -> None:
+        _protect_patient(target, lease.job_id)
+        values: dict[str, object] = {
+            "state": state,
+            "stage": next_stage,
+            "lease": None,
+            "updated_at": now,
+            "error": _scrubbed(error),
+            "not_before": not_before,
+        }
+        if state in TERMINAL_JOB_STATES:
+            values["finished_at"] = now
+        if state in (JobState.predicted, JobState.waiting_for_labs):
+            values["published_at"] = None
+        statement = (
+            sa.update(Job)
+            .where(
+                col(Job.id) == lease.job_id, col(Job.lease) == lease.token, col(Job.state) == JobState.running
+            )
+            .values(**values)
+        )
         if target.connection().execute(statement).rowcount != 1:
             raise LeaseLost(f"job {lease.job_id}: lease lost before it could become {state}")
         _event(target, lease.job_id, state, next_stage, error or detail)

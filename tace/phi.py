@@ -14,7 +14,9 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tace.storage import read_or_create_secret
 
@@ -61,19 +63,44 @@ def _tokens(text: str) -> list[str]:
     return [t for t in _TOKEN.findall(text) if len(t) >= _MIN_PROTECTED_LEN]
 
 
+_DATASET_IDENTIFIERS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+)
+_COMPACT_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
+_ISO_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+
+
+def _spellings(text: str) -> set[str]:
+    """A date as DICOM writes it and as error messages and non-conformant headers do."""
+    for pattern, template in ((_COMPACT_DATE, "{}-{}-{}"), (_ISO_DATE, "{}{}{}")):
+        match = pattern.fullmatch(text)
+        if match:
+            return {text, template.format(*match.groups())}
+    return {text}
+
+
 def protect(*values: object) -> None:
     """Remember identifier values so that any later log line containing them is scrubbed.
 
     Values are remembered as word tokens ("Doe^Jane" as "Doe" and "Jane"), so an
     identifier is found however a message formats it, and scrubbing a log line
     costs one scan of the line whatever the number of remembered identifiers.
+    Dates are remembered in both spellings (19570311 and 1957-03-11): a library
+    that rejects a birth date may quote it either way.
     """
     with _lock:
         for value in values:
             if value is None:
                 continue
             text = str(value).strip()
-            for token in {text, *_tokens(text)}:
+            spellings = _spellings(text)
+            for token in {*spellings, *(t for s in spellings for t in _tokens(s))}:
                 if len(token) < _MIN_PROTECTED_LEN:
                     continue
                 if token in _protected:
@@ -82,6 +109,22 @@ def protect(*values: object) -> None:
                 _protected[token] = None
                 if len(_protected) > _MAX_PROTECTED:
                     _protected.popitem(last=False)
+
+
+def protect_dataset(dataset: Any) -> None:
+    """Remember the patient identifiers of a DICOM dataset (anything with ``get(keyword)``).
+
+    Every process that reads a dataset calls this before anything can log about it:
+    libraries (pydicom, highdicom, pynetdicom) echo element values in warnings.
+    """
+    values: list[object] = []
+    for keyword in _DATASET_IDENTIFIERS:
+        value = dataset.get(keyword)
+        if value is None or value == "":
+            continue
+        is_multi = isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+        values.extend(value if is_multi else [value])
+    protect(*values)
 
 
 def scrub(text: str) -> str:

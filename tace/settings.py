@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     hl7_port: Port = 2575
     api_port: Port = 8080
     bind_host: str = "0.0.0.0"
+    """Address of the DICOM and HL7 listeners: scanners, PACS and lab systems connect from the network."""
+    api_bind_host: str = "127.0.0.1"
+    """Address of the admin page and API: this machine only unless an administrator opens it."""
 
     dicom_max_associations: int = Field(default=16, ge=1, le=1000)
     dicom_max_pdu: int = Field(default=1048576, ge=0)

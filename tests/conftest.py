@@ -17,6 +17,7 @@ from tace.settings import Settings
 from tests.support.listener import ListenerProcess
 from tests.support.mllp import Hl7Listener
 from tests.support.processes import spawn, stop, tace_command, tace_env
+from tests.support.responses import recording
 from tests.support.services import (
     RedisServer,
     free_port,
@@ -163,15 +164,17 @@ def start_hl7(data_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Hl7Liste
         engine.dispose()
 
 
-# --- the log scan: no identifier from the test data may reach any log -------------------
+# --- the scan: no identifier from the test data may reach any log or non-phi response ----
 
 TEST_IDENTIFIERS = (
     "SYN0001",
     "Synthetic^Patient",
     "19600101",
+    "1960-01-01",
     "MRN4711",
     "Doe^Jane",
     "19570311",
+    "1957-03-11",
     "MRN5555",
     "UP0001",
     "UP0002",
@@ -186,6 +189,11 @@ def product_log_file(factory: pytest.TempPathFactory) -> Path:
     return factory.getbasetemp() / "in-process-product.log"
 
 
+def api_responses_file(factory: pytest.TempPathFactory) -> Path:
+    """Every admin API response and page that tests received without the phi role."""
+    return factory.getbasetemp() / "api-responses.log"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _product_logs_to_a_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Code under test that runs in this process logs, redacted as in production, to a scanned file."""
@@ -193,6 +201,12 @@ def _product_logs_to_a_file(tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
     with product_log_file(tmp_path_factory).open("a") as stream:
         configure_logging("debug", "json", stream=stream)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _api_responses_to_a_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with recording(api_responses_file(tmp_path_factory)):
         yield
 
 
@@ -213,6 +227,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         leaks.extend(f"{path}: {identifier}" for identifier in TEST_IDENTIFIERS if identifier in text)
     if leaks:
         session.config.pluginmanager.get_plugin("terminalreporter").write_line(
-            "PATIENT IDENTIFIERS IN LOGS:\n  " + "\n  ".join(leaks[:50]), red=True
+            "PATIENT IDENTIFIERS IN LOGS OR NON-PHI API RESPONSES:\n  " + "\n  ".join(leaks[:50]), red=True
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -52,6 +52,7 @@ def _case(
     if paths:
         with contextlib.suppress(OSError, InvalidDicomError):
             header = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    phi.protect_dataset(header)
     patient_id = patient or text(header, "PatientID") or ""
     issuer = effective_issuer(text(header, "IssuerOfPatientID"), settings.default_issuer)
     when = at or study_datetime(header) or dt.datetime.now()

@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from sqlmodel import select
 
+from tace import phi
 from tace.db import Delivery, DeliveryState, Prediction, Stage, session_scope, table, utcnow
 from tace.jobs import Lease
 from tace.logging import get_logger
@@ -57,9 +58,11 @@ def store_sr(settings: Settings, destination: Destination, path: Path) -> SendRe
     ae = AE(ae_title=settings.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.dicom_send_timeout
     try:
-        sop_class = pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPClassUID
+        stored = pydicom.dcmread(path, stop_before_pixels=True)
     except (OSError, InvalidDicomError) as exc:
         return SendResult(False, False, None, f"stored object unreadable: {exc}")
+    phi.protect_dataset(stored)
+    sop_class = stored.file_meta.MediaStorageSOPClassUID
     ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)

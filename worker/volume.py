@@ -23,6 +23,8 @@ from highdicom.spatial import get_series_volume_positions
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 
+from tace import phi
+
 AIR_HU = -1000.0
 MULTIFRAME_CT = (EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage)
 CT_CLASSES = (CTImageStorage, *MULTIFRAME_CT)
@@ -64,11 +66,13 @@ def _describe_orientation(key: tuple[float, ...]) -> str:
 
 def _read(path: Path) -> Dataset:
     try:
-        return pydicom.dcmread(path)
+        dataset = pydicom.dcmread(path)
     except Exception as exc:  # noqa: BLE001 - the parser raises many types on bad files
         raise VolumeError(
             f"{path.name}: not a readable DICOM file ({exc.__class__.__name__}: {exc})"
         ) from None
+    phi.protect_dataset(dataset)
+    return dataset
 
 
 def _hu_slice(ds: Dataset) -> np.ndarray:

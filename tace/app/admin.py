@@ -6,13 +6,25 @@ printed, logged and shown on screens without the role that allows identifiers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from tace.db import Job, JobEvent, JobState, Prediction, Series, Study, table
+from tace.db import Job, JobEvent, JobState, LabObservation, Prediction, Series, Study, table
+
+_REJECTED_SHOWN = 50
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    label: str
+    probability: float
+    demo_model: bool
+    model_version: str
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class JobSummary:
     created_at: datetime
     updated_at: datetime
     error: str | None
+    prediction: PredictionSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,28 @@ class JobEventView:
     state: str
     stage: str
     detail: str | None
+
+
+@dataclass(frozen=True)
+class FeatureUsed:
+    name: str
+    value: float | str | None
+    unit: str | None
+    observed_at: str | None
+    source: str | None
+
+
+@dataclass(frozen=True)
+class RejectedValue:
+    """A clinical value of this patient the feed refused, and why (never given to the model)."""
+
+    feature: str | None
+    code: str | None
+    value: str | None
+    unit: str | None
+    observed_at: datetime | None
+    source: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -52,9 +87,15 @@ class JobDetail:
     superseded_by_id: int | None
     events: list[JobEventView] = field(default_factory=list)
     prediction: dict[str, Any] | None = None
+    not_before: datetime | None = None
+    labs_deadline: datetime | None = None
+    """When a job waiting for labs stops waiting (then: impute or fail, by policy)."""
+    features_used: list[FeatureUsed] = field(default_factory=list)
+    features_missing: list[str] = field(default_factory=list)
+    features_rejected: list[RejectedValue] = field(default_factory=list)
 
 
-def _summary(job: Job, series: Series, study: Study) -> JobSummary:
+def _summary(job: Job, series: Series, study: Study, prediction: Prediction | None = None) -> JobSummary:
     assert job.id is not None
     return JobSummary(
         id=job.id,
@@ -67,6 +108,13 @@ def _summary(job: Job, series: Series, study: Study) -> JobSummary:
         created_at=job.created_at,
         updated_at=job.updated_at,
         error=job.error,
+        prediction=(
+            PredictionSummary(
+                prediction.label, prediction.probability, prediction.demo_model, prediction.model_version
+            )
+            if prediction is not None
+            else None
+        ),
     )
 
 
@@ -78,16 +126,15 @@ def _jobs_with_series() -> Any:
     )
 
 
-def list_jobs(
-    session: Session,
+def _filtered(
+    query: Any,
     *,
-    state: JobState | None = None,
-    since: datetime | None = None,
-    patient_hash: str | None = None,
-    series_instance_uid: str | None = None,
-    limit: int = 100,
-) -> list[JobSummary]:
-    query = _jobs_with_series()
+    state: JobState | None,
+    since: datetime | None,
+    patient_hash: str | None,
+    series_instance_uid: str | None,
+    search: str | None,
+) -> Any:
     if state is not None:
         query = query.where(Job.state == state)
     if since is not None:
@@ -96,19 +143,122 @@ def list_jobs(
         query = query.where(Study.patient_hash == patient_hash)
     if series_instance_uid is not None:
         query = query.where(Series.series_instance_uid == series_instance_uid)
-    query = query.order_by(col(Job.id).desc()).limit(limit)
-    return [_summary(job, series, study) for job, series, study in session.exec(query).all()]
+    if search:
+        text = search.strip()
+        query = query.where(
+            sa.or_(
+                col(Study.patient_hash).startswith(text, autoescape=True),
+                col(Series.series_instance_uid).startswith(text, autoescape=True),
+            )
+        )
+    return query
 
 
-def job_detail(session: Session, job_id: int) -> JobDetail | None:
+def list_jobs(
+    session: Session,
+    *,
+    state: JobState | None = None,
+    since: datetime | None = None,
+    patient_hash: str | None = None,
+    series_instance_uid: str | None = None,
+    search: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[JobSummary]:
+    """Newest first; ``search`` matches the start of a patient hash or a series UID."""
+    query = _filtered(
+        select(Job, Series, Study, Prediction)
+        .join(Series, col(Series.id) == Job.series_id)
+        .join(Study, col(Study.id) == Series.study_id)
+        .outerjoin(Prediction, col(Prediction.job_id) == Job.id),
+        state=state,
+        since=since,
+        patient_hash=patient_hash,
+        series_instance_uid=series_instance_uid,
+        search=search,
+    )
+    query = query.order_by(col(Job.id).desc()).offset(offset).limit(limit)
+    return [_summary(*row) for row in session.exec(query).all()]
+
+
+def count_jobs(session: Session, *, state: JobState | None = None, search: str | None = None) -> int:
+    query = _filtered(
+        select(sa.func.count())
+        .select_from(Job)
+        .join(Series, col(Series.id) == Job.series_id)
+        .join(Study, col(Study.id) == Series.study_id),
+        state=state,
+        since=None,
+        patient_hash=None,
+        series_instance_uid=None,
+        search=search,
+    )
+    return int(session.exec(query).one())
+
+
+def job_counts(session: Session) -> dict[str, int]:
+    """Jobs per state, every state listed (zero included) in the state machine's order."""
+    rows = session.exec(select(Job.state, sa.func.count()).group_by(Job.state)).all()
+    found = {str(state): int(count) for state, count in rows}
+    return {state.value: found.get(state.value, 0) for state in JobState}
+
+
+def _features_used(prediction: Prediction | None) -> list[FeatureUsed]:
+    if prediction is None or not prediction.features:
+        return []
+    used = []
+    for name, value in prediction.features.items():
+        if value is None:
+            continue
+        number = value.get("value")
+        if isinstance(number, float) and math.isnan(number):
+            number = None
+        used.append(
+            FeatureUsed(name, number, value.get("unit"), value.get("observed_at"), value.get("source"))
+        )
+    return used
+
+
+def _rejected(session: Session, patient_hash: str, before: datetime) -> list[RejectedValue]:
+    labs = table(LabObservation)
+    rows = session.execute(
+        sa.select(labs)
+        .where(
+            labs.c.patient_hash == patient_hash,
+            labs.c.rejected_reason.is_not(None),
+            labs.c.superseded_at.is_(None),
+            labs.c.received_at <= before,
+        )
+        .order_by(labs.c.id.desc())
+        .limit(_REJECTED_SHOWN)
+    ).all()
+    return [
+        RejectedValue(
+            row.feature,
+            row.code,
+            row.raw_value,
+            row.raw_unit,
+            row.observed_at,
+            f"{row.source_kind} {row.source_id}",
+            row.rejected_reason,
+        )
+        for row in rows
+    ]
+
+
+def job_detail(
+    session: Session, job_id: int, *, labs_deadline_seconds: float | None = None
+) -> JobDetail | None:
+    """One job; with ``labs_deadline_seconds`` a job waiting for labs says until when it waits."""
     row = session.exec(_jobs_with_series().where(Job.id == job_id)).first()
     if row is None:
         return None
     job, series, study = row
     events = session.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))).all()
     prediction = session.exec(select(Prediction).where(Prediction.job_id == job_id)).first()
+    waiting = job.state == JobState.waiting_for_labs and labs_deadline_seconds is not None
     return JobDetail(
-        job=_summary(job, series, study),
+        job=_summary(job, series, study, prediction),
         study_instance_uid=study.study_instance_uid,
         modality=series.modality,
         series_description=series.series_description,
@@ -121,7 +271,18 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
         superseded_by_id=job.superseded_by_id,
         events=[JobEventView(e.at, str(e.state), str(e.stage), e.detail) for e in events],
         prediction=(prediction.model_dump(exclude={"id", "job_id"}) if prediction is not None else None),
+        not_before=job.not_before,
+        labs_deadline=(job.created_at + timedelta(seconds=labs_deadline_seconds or 0) if waiting else None),
+        features_used=_features_used(prediction),
+        features_missing=list(prediction.missing_features or []) if prediction is not None else [],
+        features_rejected=_rejected(session, study.patient_hash, job.updated_at),
     )
+
+
+def sr_file(session: Session, job_id: int) -> str | None:
+    """The stored SR of a job, relative to the data dir (it carries the patient's identifiers)."""
+    prediction = session.exec(select(Prediction).where(Prediction.job_id == job_id)).first()
+    return prediction.sr_path if prediction is not None else None
 
 
 def to_jsonable(value: Any) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import responses
 from tests.support.hl7_messages import oru
 from tests.support.processes import REPO_ROOT, tace_command, tace_env
 from tests.support.services import free_port
@@ -73,7 +74,9 @@ class Up:
             f"http://127.0.0.1:{self.api_port}{path}", headers={"Authorization": f"Bearer {self.token}"}
         )
         with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+            body = response.read()
+        responses.record("GET", request.full_url, response.status, body)
+        return json.loads(body)
 
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/metrics", timeout=10) as response:

@@ -136,3 +136,28 @@ def test_enhanced_multiframe_ct_through_its_functional_groups(tmp_path: Path) ->
     volume = read_volume([path])
     assert volume.hu.shape == (5, 32, 32)
     _assert_hu(volume.hu, spec)
+
+
+def test_reading_a_series_registers_its_patient_for_scrubbing(tmp_path: Path) -> None:
+    """Seen: a highdicom warning printed the patient's name into the worker log."""
+    from tace import phi
+
+    phi.forget_all()
+    files = write_series(
+        SeriesSpec(
+            slices=3,
+            rows=16,
+            columns=16,
+            patient_id="MRN884211",
+            patient_name="Doe^Jane",
+            patient_birth_date="19570311",
+        ),
+        tmp_path,
+    )
+    message = "Value 'Doe^Jane' (born 1957-03-11, 19570311) of patient MRN884211 was changed"
+    assert phi.scrub(message) == message
+    read_volume(files)
+    assert phi.scrub(message) == (
+        f"Value '{phi.REDACTED}^{phi.REDACTED}' (born {phi.REDACTED}, {phi.REDACTED}) "
+        f"of patient {phi.REDACTED} was changed"
+    )

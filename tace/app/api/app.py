@@ -2,25 +2,41 @@
 
 Patient names and IDs appear only for the ``phi`` role; everyone else sees the
 patient hash. ``/metrics`` and ``/healthz`` are open for scrapers and probes.
+The JSON API takes the token in the Authorization header only, so a page of
+another site cannot make a browser call it; the pages use a signed session
+cookie and CSRF tokens (:mod:`tace.app.api.session`).
 """
 
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Cookie, Depends, FastAPI, Form, HTTPException, Request, status
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tace.app import admin
 from tace.app.api.auth import Principal, TokenCheck
 from tace.app.api.health import health
-from tace.app.replay import JobNotFound, ReplayRefused, replay_job
-from tace.db import JobState, Stage, session_scope
+from tace.app.api.pages import TEMPLATES, page_routes
+from tace.app.api.session import CsrfRefused, Sessions
+from tace.app.api.views import JobId, JobViews
+from tace.db import session_scope
+from tace.logging import get_logger
 from tace.settings import Settings
 
-COOKIE = "tace_session"
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+log = get_logger("tace.api")
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=2**31)]
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
@@ -28,6 +44,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         title="TACE response gateway", version="1", docs_url="/api/docs", openapi_url="/api/openapi.json"
     )
     tokens = TokenCheck(settings)
+    views = JobViews(settings, engine)
 
     def bearer(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -41,50 +58,36 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             )
         return principal
 
-    def session_user(tace_session: Annotated[str | None, Cookie()] = None) -> Principal | None:
-        return tokens.principal(tace_session)
-
     Api = Annotated[Principal, Depends(bearer)]
-    Page = Annotated[Principal | None, Depends(session_user)]
 
-    def jobs_payload(principal: Principal, state: str | None, limit: int) -> list[dict[str, Any]]:
-        wanted = _state(state)
-        with session_scope(engine) as session:
-            return [admin.to_jsonable(job) for job in admin.list_jobs(session, state=wanted, limit=limit)]
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
-    def detail_payload(principal: Principal, job_id: int) -> dict[str, Any]:
-        with session_scope(engine) as session:
-            detail = admin.job_detail(session, job_id)
-            if detail is None:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-            payload = admin.to_jsonable(detail)
-            payload["deliveries"] = admin.to_jsonable(admin.deliveries(session, job_id))
-            if principal.sees_identifiers:
-                payload["patient"] = admin.patient_identity(session, job_id)
-        return payload
+    @app.exception_handler(CsrfRefused)
+    async def csrf_refused(request: Request, exc: CsrfRefused) -> Response:
+        log.warning("api.csrf_refused", path=request.url.path, reason=str(exc))
+        return _error_page(request, status.HTTP_403_FORBIDDEN, f"Refused: {exc}.")
 
-    def replay(job_id: int, from_stage: str, new_generation: bool) -> dict[str, Any]:
-        try:
-            stage = Stage(from_stage)
-        except ValueError:
-            stages = ", ".join(s.value for s in Stage)
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, f"unknown stage {from_stage!r}; use {stages}"
-            ) from None
-        try:
-            outcome = replay_job(
-                engine,
-                job_id,
-                stage,
-                new_generation=new_generation,
-                stall_seconds=settings.job_stall_seconds,
-                reason="replayed from the admin page",
-            )
-        except JobNotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-        except ReplayRefused as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-        return {"job_id": outcome.job_id, "replayed_as": outcome.replayed_as, "stage": outcome.stage.value}
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _is_api(request):
+            return await http_exception_handler(request, exc)
+        return _error_page(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if _is_api(request):
+            return await request_validation_exception_handler(request, exc)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        return _error_page(request, 422, problems)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -100,26 +103,46 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         return Response(generate_latest(registry(engine)), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/jobs")
-    def api_jobs(principal: Api, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return jobs_payload(principal, state, limit)
+    def api_jobs(
+        principal: Api,
+        response: Response,
+        state: str | None = None,
+        q: Annotated[
+            str | None, Query(max_length=128, description="start of a patient hash or series UID")
+        ] = None,
+        limit: Limit = 100,
+        offset: Offset = 0,
+    ) -> list[dict[str, Any]]:
+        jobs, total = views.jobs(state, q, limit, offset)
+        response.headers["X-Total-Count"] = str(total)
+        return jobs
+
+    @app.get("/api/jobs/counts")
+    def api_job_counts(principal: Api) -> dict[str, int]:
+        return views.counts()
 
     @app.get("/api/jobs/{job_id}")
-    def api_job(principal: Api, job_id: int) -> dict[str, Any]:
-        return detail_payload(principal, job_id)
+    def api_job(principal: Api, job_id: JobId) -> dict[str, Any]:
+        return views.detail(principal, job_id)
+
+    @app.get("/api/jobs/{job_id}/sr")
+    def api_job_sr(principal: Api, job_id: JobId) -> FileResponse:
+        path = views.sr_file(principal, job_id)
+        return FileResponse(path, media_type="application/dicom", filename=f"job-{job_id}-sr.dcm")
 
     @app.post("/api/jobs/{job_id}/replay")
     def api_replay(
-        principal: Api, job_id: int, from_stage: str = "infer", new_generation: bool = False
+        principal: Api, job_id: JobId, from_stage: str = "infer", new_generation: bool = False
     ) -> dict[str, Any]:
-        return replay(job_id, from_stage, new_generation)
+        return views.replay(job_id, from_stage, new_generation, "replayed from the admin page")
 
     @app.get("/api/series")
-    def api_series(principal: Api, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def api_series(principal: Api, state: str | None = None, limit: Limit = 100) -> list[dict[str, Any]]:
         with session_scope(engine) as session:
             return admin.to_jsonable(admin.list_series(session, state=state, limit=limit))
 
     @app.get("/api/associations")
-    def api_associations(principal: Api, limit: int = 100) -> list[dict[str, Any]]:
+    def api_associations(principal: Api, limit: Limit = 100) -> list[dict[str, Any]]:
         with session_scope(engine) as session:
             return admin.to_jsonable(admin.list_associations(session, limit=limit))
 
@@ -129,72 +152,19 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             return admin.to_jsonable(admin.lab_status(session, patient_hash))
 
     @app.get("/api/srs")
-    def api_srs(principal: Api, limit: int = 100) -> list[dict[str, Any]]:
+    def api_srs(principal: Api, limit: Limit = 100) -> list[dict[str, Any]]:
         with session_scope(engine) as session:
             return admin.to_jsonable(admin.list_srs(session, limit=limit))
 
-    @app.get("/login", response_class=HTMLResponse)
-    def login_page(request: Request, error: str | None = None) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(request, "login.html", {"error": error})
-
-    @app.post("/login")
-    def login(token: Annotated[str, Form()]) -> Response:
-        if tokens.principal(token) is None:
-            return RedirectResponse("/login?error=invalid+token", status_code=status.HTTP_303_SEE_OTHER)
-        response = RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=12 * 3600)
-        return response
-
-    @app.post("/logout")
-    def logout() -> Response:
-        response = RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
-        response.delete_cookie(COOKIE)
-        return response
-
-    @app.get("/", response_class=HTMLResponse)
-    def jobs_page(request: Request, principal: Page, state: str | None = None) -> Response:
-        if principal is None:
-            return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
-        jobs = jobs_payload(principal, state, 200)
-        return TEMPLATES.TemplateResponse(
-            request,
-            "jobs.html",
-            {"jobs": jobs, "state": state, "states": [s.value for s in JobState], "role": principal.role},
-        )
-
-    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
-    def job_page(request: Request, principal: Page, job_id: int, message: str | None = None) -> Response:
-        if principal is None:
-            return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
-        return TEMPLATES.TemplateResponse(
-            request,
-            "job.html",
-            {"detail": detail_payload(principal, job_id), "role": principal.role, "message": message},
-        )
-
-    @app.post("/jobs/{job_id}/replay")
-    def job_replay(
-        principal: Page,
-        job_id: int,
-        from_stage: Annotated[str, Form()] = "infer",
-        new_generation: Annotated[bool, Form()] = False,
-    ) -> Response:
-        if principal is None:
-            return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
-        try:
-            outcome = replay(job_id, from_stage, new_generation)
-            text = f"replaying from {outcome['stage']}"
-        except HTTPException as exc:
-            text = f"not replayed: {exc.detail}"
-        return RedirectResponse(f"/jobs/{job_id}?message={text}", status_code=status.HTTP_303_SEE_OTHER)
-
+    app.include_router(page_routes(views, tokens, Sessions(settings, tokens)))
     return app
 
 
-def _state(state: str | None) -> JobState | None:
-    if state is None or state == "":
-        return None
-    try:
-        return JobState(state)
-    except ValueError:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown state {state!r}") from None
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or request.url.path in ("/healthz", "/metrics")
+
+
+def _error_page(request: Request, code: int, message: str) -> Response:
+    return TEMPLATES.TemplateResponse(
+        request, "error.html", {"code": code, "message": message, "role": None}, status_code=code
+    )

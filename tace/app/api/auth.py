@@ -41,6 +41,10 @@ class TokenCheck:
         self._operator = operator_token(settings)
         self._phi = settings.api_phi_token.get_secret_value() if settings.api_phi_token else None
 
+    def token_of(self, role: str) -> str | None:
+        """The token that grants ``role`` now (sessions opened with an older one end)."""
+        return {OPERATOR: self._operator, PHI: self._phi}.get(role)
+
     def principal(self, token: str | None) -> Principal | None:
         if not token:
             return None

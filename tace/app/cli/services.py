@@ -139,7 +139,7 @@ def api(ctx: typer.Context) -> None:
     settings = runtime.settings
     uvicorn.run(
         create_app(settings, runtime.engine()),
-        host=settings.bind_host,
+        host=settings.api_bind_host,
         port=settings.api_port,
         log_config=None,
         access_log=False,
