@@ -178,6 +178,10 @@ TEST_IDENTIFIERS = (
     "WEB0001",
     "Web^Patient",
     "MRN884211",
+    "MRN6022",
+    "Roe^Richard",
+    "19490102",
+    "NC0001",
 )
 PEER_LOGS = ("orthanc", "server.log")
 
