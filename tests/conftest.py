@@ -182,6 +182,8 @@ TEST_IDENTIFIERS = (
     "Roe^Richard",
     "19490102",
     "NC0001",
+    "MRN7033",
+    "Poe^Edgar",
 )
 PEER_LOGS = ("orthanc", "server.log")
 
