@@ -257,7 +257,10 @@ class Hl7Intake:
                     if usable:
                         wake_waiting_jobs(connection, group.patient_hash)
         except sa.exc.IntegrityError:
-            return self._repeated(raw, digest, header, now)
+            repeated = self._repeated(raw, digest, header, now)
+            if repeated is None:
+                raise
+            return repeated
         log.info(
             "hl7.stored",
             message_id=message_id,
@@ -301,11 +304,14 @@ class Hl7Intake:
             "conflict_of": conflict_of,
         }
 
-    def _repeated(self, raw: bytes, digest: str, header: Header, now: object) -> IntakeResult:
-        """The control ID was used before: the same message again, or a conflict to keep and flag."""
+    def _repeated(self, raw: bytes, digest: str, header: Header, now: object) -> IntakeResult | None:
+        """The control ID was used before: the same message again, or a conflict to keep and flag.
+
+        None when no message of this control ID exists (the integrity error was another one).
+        """
         earlier = self._earlier(header)
         if not earlier:
-            raise RuntimeError("integrity error without an earlier message of this control ID")
+            return None
         content = content_digest(raw)
         same = next((row for row in earlier if content_digest(row.raw) == content), None)
         if same is not None:

@@ -266,7 +266,11 @@ _BATCH_SEGMENTS = frozenset({"FHS", "BHS", "BTS", "FTS"})
 
 
 def _check_one_message(names: list[str]) -> None:
-    """One frame, one message: a second MSH (or a batch envelope) is never merged into the first."""
+    """One frame, one message: a second MSH (or a batch envelope) is never merged into the first.
+
+    ``names`` are the first three characters of each segment, so that a second message
+    with another field separator is seen too.
+    """
     headers = [number for number, name in enumerate(names, start=1) if name == "MSH"]
     if len(headers) > 1:
         where = ", ".join(str(n) for n in headers[:-1]) + f" and {headers[-1]}"
@@ -290,7 +294,7 @@ def parse_oru(text: str, header: Header) -> OruMessage:
     segments = [line.split(separator) for line in SEGMENT_SEPARATORS.split(text) if line.strip()]
     if not segments or segments[0][0] != "MSH":
         raise MessageError("message does not start with an MSH segment", code="AR", hl7_error="100")
-    _check_one_message([fields[0] for fields in segments])
+    _check_one_message([fields[0][:3] for fields in segments])
 
     def field(fields: list[str], number: int) -> str:
         return fields[number] if number < len(fields) else ""

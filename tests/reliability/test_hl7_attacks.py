@@ -143,6 +143,7 @@ CONCATENATED = {
     "CR LF line endings": lambda a, b: (a + b).replace("\r", "\r\n"),
     "no terminator after the first": lambda a, b: a.rstrip("\r") + "\r" + b,
     "second with other delimiters": lambda a, b: a + b.replace("^", "$").replace("MSH|$~\\&|", "MSH|$%*@|"),
+    "second with another field separator": lambda a, b: a + b.replace("|", "#"),
     "batch envelope": lambda a, b: "FHS|^~\\&\rBHS|^~\\&\r" + a + b + "BTS|2\rFTS|1\r",
 }
 
