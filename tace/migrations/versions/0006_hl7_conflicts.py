@@ -1,7 +1,7 @@
 """HL7 control-ID conflicts: a reused control ID with other content is kept and flagged.
 
-Revision ID: 0005_hl7_conflicts
-Revises: 0004
+Revision ID: 0006_hl7_conflicts
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_hl7_conflicts"
-down_revision = "0004"
+revision = "0006_hl7_conflicts"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
