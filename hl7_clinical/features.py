@@ -9,7 +9,7 @@ Features without a value are listed as missing, never filled with zero here.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,17 @@ def _source(row: sa.Row, messages: Mapping[int, tuple[str, str]]) -> str:
     return f"{row.source_kind} {row.source_id}"
 
 
+def issuer_condition(
+    column: sa.ColumnElement[str | None], issuers: Collection[str | None]
+) -> sa.ColumnElement[bool]:
+    """``column`` is one of ``issuers``, where None means "stored without an issuer"."""
+    named = [issuer for issuer in issuers if issuer is not None]
+    conditions = [column.in_(named)] if named else []
+    if None in issuers:
+        conditions.append(column.is_(None))
+    return sa.or_(*conditions) if conditions else sa.false()
+
+
 def clinical_features(
     engine: Engine,
     *,
@@ -100,16 +111,19 @@ def clinical_features(
     patient_hash: str,
     at: dt.datetime,
     definitions: Definitions,
+    lab_issuers: Collection[str | None] | None = None,
 ) -> ClinicalFeatures:
+    """``lab_issuers``: the issuers stored labs may carry for this patient (default: ``issuer`` alone;
+    see :meth:`hl7_clinical.identity.IdentityRules.lab_issuers`)."""
     labs = table(LabObservation)
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(labs)
             .where(
                 labs.c.patient_id == patient_id,
-                labs.c.issuer_of_patient_id.is_(None)
-                if issuer is None
-                else labs.c.issuer_of_patient_id == issuer,
+                issuer_condition(
+                    labs.c.issuer_of_patient_id, [issuer] if lab_issuers is None else lab_issuers
+                ),
                 labs.c.superseded_at.is_(None),
             )
             .order_by(labs.c.observed_at.desc(), labs.c.id.desc())

@@ -3,8 +3,12 @@
 Order: the raw bytes and the parsed observations commit in one transaction,
 then the ACK is built. A message that can be acknowledged but not used (AE) or
 refused (AR) is still stored with its reason, so nothing a sender handed over is
-lost. A repeated MSH-10 from the same sender is acknowledged again and not
-applied twice. :meth:`Hl7Intake.handle` never raises.
+lost. Each patient group's results are stored for that group's patient; if any
+group cannot be attributed, none is stored. A repeated MSH-10 from the same
+sender with the same content is acknowledged again as before and not applied
+twice; with other content it is a conflict: the message is kept, flagged with
+the message it collides with, not applied, and answered AE (duplicate key).
+:meth:`Hl7Intake.handle` never raises.
 """
 
 from __future__ import annotations
@@ -12,17 +16,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from hl7_clinical.ack import build_ack
+from hl7_clinical.ack import Ack, build_ack
 from hl7_clinical.codes import CodeMap, CodeMapError, CodeMapping
 from hl7_clinical.definitions import Definitions
 from hl7_clinical.identity import IdentityRules, PatientKey, choose_patient
-from hl7_clinical.oru import Header, MessageError, Observation, decode, parse_oru, read_header
+from hl7_clinical.oru import (
+    Header,
+    MessageError,
+    Observation,
+    OruMessage,
+    content_digest,
+    decode,
+    parse_oru,
+    read_header,
+)
 from hl7_clinical.statuses import REMOVING, USABLE
 from tace import phi
 from tace.db import Hl7Message, LabObservation, insert_ignore, table, utcnow
@@ -42,8 +56,18 @@ class IntakeResult:
     hl7_error: str | None = None
     message_id: int | None = None
     duplicate: bool = False
+    conflict_of: int | None = None
     applied: int = 0
     rejected: int = 0
+
+
+@dataclass(frozen=True)
+class _Attributed:
+    """The observations of one patient group, with the patient they belong to."""
+
+    patient: PatientKey
+    patient_hash: str
+    observations: list[Observation]
 
 
 @dataclass(frozen=True)
@@ -79,7 +103,7 @@ class Hl7Intake:
             .values(superseded_at=sa.bindparam("now", type_=observation.c.superseded_at.type))
         )
 
-    def handle(self, raw: bytes) -> tuple[str, IntakeResult]:
+    def handle(self, raw: bytes) -> tuple[Ack, IntakeResult]:
         """The ACK text for ``raw`` and what was done; never raises."""
         header: Header | None = None
         try:
@@ -106,20 +130,41 @@ class Hl7Intake:
         with unit_of_work(hl7_control_id=header.control_id, sender=header.sender):
             refusal = self._refusal(header)
             if refusal is not None:
-                return self._store(raw, digest, header, refusal, None, [])
+                return self._store(raw, digest, header, refusal, [])
             try:
                 message = parse_oru(decode(raw, header), header)
-                patient = choose_patient(message.identifiers, header.sending_facility, self._policy.identity)
+                groups = self._attribute(message)
                 if not message.observations:
                     raise MessageError("no OBX segments: nothing to record", code="AE", hl7_error="101")
             except MessageError as exc:
-                return self._store(
-                    raw, digest, header, IntakeResult(exc.code, str(exc), exc.hl7_error), None, []
-                )
-            phi.protect(patient.patient_id)
-            return self._store(
-                raw, digest, header, IntakeResult("AA", "stored"), patient, message.observations
+                return self._store(raw, digest, header, IntakeResult(exc.code, str(exc), exc.hl7_error), [])
+            return self._store(raw, digest, header, IntakeResult("AA", "stored"), groups)
+
+    def _attribute(self, message: OruMessage) -> list[_Attributed]:
+        """Every patient group with its patient, or a MessageError naming the group that has none."""
+        if not message.groups:
+            raise MessageError(
+                "no PID segment: the results cannot be attributed to a patient", code="AR", hl7_error="100"
             )
+        attributed = []
+        for group in message.groups:
+            try:
+                patient = choose_patient(
+                    group.identifiers, message.header.sending_facility, self._policy.identity
+                )
+            except MessageError as exc:
+                if len(message.groups) == 1:
+                    raise
+                raise MessageError(
+                    f"patient group {group.number} (PID at segment {group.segment}): {exc}; nothing stored",
+                    code=exc.code,
+                    hl7_error=exc.hl7_error,
+                ) from None
+            phi.protect(patient.patient_id)
+            attributed.append(
+                _Attributed(patient, phi.patient_hash(patient.patient_id, patient.issuer), group.observations)
+            )
+        return attributed
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Connection]:
@@ -146,15 +191,15 @@ class Hl7Intake:
             return IntakeResult("AR", f"processing ID {header.processing_id} is refused here", "202")
         return None
 
-    def _find(self, header: Header) -> tuple[int, str] | None:
+    def _earlier(self, header: Header) -> Sequence[sa.Row[Any, Any, Any, Any]]:
+        """Messages stored under this sender and control ID, the accepted one first."""
         messages = table(Hl7Message)
         with self._engine.connect() as connection:
-            row = connection.execute(
-                sa.select(messages.c.id, messages.c.ack_code).where(
-                    messages.c.sender == header.sender, messages.c.control_id == header.control_id
-                )
-            ).first()
-        return (row[0], row[1]) if row else None
+            return connection.execute(
+                sa.select(messages.c.id, messages.c.ack_code, messages.c.raw, messages.c.conflict_of)
+                .where(messages.c.sender == header.sender, messages.c.control_id == header.control_id)
+                .order_by(messages.c.conflict_of.is_not(None), messages.c.id)
+            ).all()
 
     def _store_unreadable(self, raw: bytes, reason: str) -> None:
         digest = hashlib.sha256(raw).hexdigest()
@@ -183,75 +228,120 @@ class Hl7Intake:
         digest: str,
         header: Header,
         verdict: IntakeResult,
-        patient: PatientKey | None,
-        observations: list[Observation],
+        groups: list[_Attributed],
     ) -> IntakeResult:
         """One transaction: the raw message, its observations, corrections, and waking waiting jobs."""
-        patient_hash = phi.patient_hash(patient.patient_id, patient.issuer) if patient else None
+        hashes = {group.patient_hash for group in groups}
         now = utcnow()
         try:
             with self._connection() as connection:
+                count = sum(len(group.observations) for group in groups)
                 message_id = connection.execute(
-                    self._insert_message,
-                    {
-                        "sender": header.sender,
-                        "control_id": header.control_id,
-                        "message_type": f"{header.message_type}^{header.trigger}"[:20],
-                        "version": header.version[:20],
-                        "processing_id": header.processing_id[:4],
-                        "patient_hash": patient_hash,
-                        "raw": raw,
-                        "sha256": digest,
-                        "ack_code": verdict.code,
-                        "detail": None if verdict.code == "AA" else verdict.text,
-                        "observations": len(observations),
-                        "received_at": now,
-                    },
+                    self._insert_message, self._message_row(raw, digest, header, verdict, hashes, now, count)
                 ).scalar_one()
-                rows = []
-                if patient is not None and patient_hash is not None:
-                    rows = [self._row(message_id, patient, patient_hash, o, now) for o in observations]
-                for row, observation in zip(rows, observations, strict=False):
-                    if observation.status in REMOVING or observation.status == "C":
-                        connection.execute(
-                            self._supersede, {"hash": patient_hash, "key": row["observation_key"], "now": now}
-                        )
-                if rows:
-                    connection.execute(self._insert_observation, rows)
-                applied = sum(1 for row in rows if row["rejected_reason"] is None)
-                if patient_hash is not None and applied:
-                    wake_waiting_jobs(connection, patient_hash)
+                applied = rejected = 0
+                for group in groups:
+                    rows = [self._row(message_id, group, o, now) for o in group.observations]
+                    for row, observation in zip(rows, group.observations, strict=True):
+                        if observation.status in REMOVING or observation.status == "C":
+                            connection.execute(
+                                self._supersede,
+                                {"hash": group.patient_hash, "key": row["observation_key"], "now": now},
+                            )
+                    if rows:
+                        connection.execute(self._insert_observation, rows)
+                    usable = sum(1 for row in rows if row["rejected_reason"] is None)
+                    applied += usable
+                    rejected += len(rows) - usable
+                    if usable:
+                        wake_waiting_jobs(connection, group.patient_hash)
         except sa.exc.IntegrityError:
-            previous = self._find(header)
-            if previous is None:
+            repeated = self._repeated(raw, digest, header, now)
+            if repeated is None:
                 raise
-            log.info("hl7.duplicate", message_id=previous[0])
-            return IntakeResult(
-                previous[1],
-                f"duplicate of message {previous[0]}, not applied again",
-                message_id=previous[0],
-                duplicate=True,
-            )
-        rejected = len(rows) - applied
+            return repeated
         log.info(
             "hl7.stored",
             message_id=message_id,
             ack=verdict.code,
             applied=applied,
             rejected=rejected,
-            patient_hash=patient_hash,
+            patient_hashes=sorted(hashes),
         )
-        text = (
-            verdict.text if verdict.code != "AA" else f"stored {applied} observation(s), {rejected} rejected"
-        )
+        text = verdict.text
+        if verdict.code == "AA":
+            patients = f" for {len(hashes)} patients" if len(hashes) > 1 else ""
+            text = f"stored {applied} observation(s){patients}, {rejected} rejected"
         return IntakeResult(
             verdict.code, text, verdict.hl7_error, message_id=message_id, applied=applied, rejected=rejected
         )
 
+    def _message_row(
+        self,
+        raw: bytes,
+        digest: str,
+        header: Header,
+        verdict: IntakeResult,
+        hashes: set[str],
+        now: object,
+        observations: int,
+        conflict_of: int | None = None,
+    ) -> dict[str, object]:
+        return {
+            "sender": header.sender,
+            "control_id": header.control_id,
+            "message_type": f"{header.message_type}^{header.trigger}"[:20],
+            "version": header.version[:20],
+            "processing_id": header.processing_id[:4],
+            "patient_hash": next(iter(hashes)) if len(hashes) == 1 else None,
+            "raw": raw,
+            "sha256": digest,
+            "ack_code": verdict.code,
+            "detail": None if verdict.code == "AA" else verdict.text,
+            "observations": observations,
+            "received_at": now,
+            "conflict_of": conflict_of,
+        }
+
+    def _repeated(self, raw: bytes, digest: str, header: Header, now: object) -> IntakeResult | None:
+        """The control ID was used before: the same message again, or a conflict to keep and flag.
+
+        None when no message of this control ID exists (the integrity error was another one).
+        """
+        earlier = self._earlier(header)
+        if not earlier:
+            return None
+        content = content_digest(raw)
+        same = next((row for row in earlier if content_digest(row.raw) == content), None)
+        if same is not None:
+            log.info("hl7.duplicate", message_id=same.id)
+            return IntakeResult(
+                same.ack_code,
+                f"duplicate of message {same.id}, not applied again",
+                "205" if same.conflict_of is not None else None,
+                message_id=same.id,
+                duplicate=True,
+                conflict_of=same.conflict_of,
+            )
+        accepted = earlier[0]
+        text = (
+            f"control ID {header.control_id} was already used for different content "
+            f"(message {accepted.id}); kept as a conflict, not applied: send it with a new control ID"
+        )
+        verdict = IntakeResult("AE", text, "205")
+        with self._connection() as connection:
+            message_id = connection.execute(
+                self._insert_message,
+                self._message_row(raw, digest, header, verdict, set(), now, 0, accepted.id),
+            ).scalar_one()
+        log.warning("hl7.control_id_conflict", message_id=message_id, conflict_of=accepted.id)
+        return IntakeResult("AE", text, "205", message_id=message_id, conflict_of=accepted.id)
+
     def _row(
-        self, message_id: int, patient: PatientKey, patient_hash: str, observation: Observation, now: object
+        self, message_id: int, group: _Attributed, observation: Observation, now: object
     ) -> dict[str, object]:
         """The LabObservation row of one OBX; ``rejected_reason`` says why it cannot be used."""
+        patient = group.patient
         mapping = self._codes.lookup(observation.code_system, observation.code)
         if mapping is None and observation.alternate_code:
             mapping = self._codes.lookup(observation.alternate_system, observation.alternate_code)
@@ -261,7 +351,7 @@ class Hl7Intake:
         row: dict[str, object] = {
             "patient_id": patient.patient_id,
             "issuer_of_patient_id": patient.issuer,
-            "patient_hash": patient_hash,
+            "patient_hash": group.patient_hash,
             "feature": mapping.feature if mapping else None,
             "code": observation.code[:64],
             "code_system": observation.code_system[:32],

@@ -1,10 +1,13 @@
 """An asyncio MLLP server: framed HL7 in, one ACK out per message, many per connection.
 
-Framing is <VT> message <FS><CR>. Bytes outside a frame, a frame larger than
-the limit, a connection that stays silent past the idle timeout: each ends that
-connection (after a NAK when there is a message to answer) and never touches
-the others. Storing a message runs in a worker thread so the event loop keeps
-serving every connection.
+Framing is <VT> message <FS><CR>, and one frame holds one message. Bytes
+outside a frame, a frame larger than the limit, a connection that stays silent
+past the idle timeout, or one that takes longer than the message timeout from
+the first byte after its last ACK to the end of the next frame (a slow drip
+before the start block, inside the message or before the end block): each ends
+that connection (after a NAK when there is a message to answer) and never
+touches the others. Storing a message runs in a worker thread so the event loop
+keeps serving every connection.
 """
 
 from __future__ import annotations
@@ -12,17 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from hl7_clinical.ack import END_BLOCK, START_BLOCK, build_ack, frame
+from hl7_clinical.ack import END_BLOCK, START_BLOCK, Ack, build_ack, frame
 from hl7_clinical.oru import MessageError, read_header
 from tace.logging import get_logger
 
 log = get_logger("tace.hl7.mllp")
 
-Handler = Callable[[bytes], tuple[str, object]]
+Handler = Callable[[bytes], tuple[Ack, object]]
 _SKIPPABLE = b"\r\n\t "
 
 
@@ -30,6 +34,7 @@ _SKIPPABLE = b"\r\n\t "
 class MllpLimits:
     max_message_bytes: int = 1024 * 1024
     idle_timeout_seconds: float = 300.0
+    message_timeout_seconds: float = 60.0
 
 
 class MllpServer:
@@ -73,18 +78,29 @@ class MllpServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         buffer = bytearray()
+        message_started: float | None = None
         try:
             while True:
+                timeout = self._limits.idle_timeout_seconds
+                if message_started is not None:
+                    remaining = message_started + self._limits.message_timeout_seconds - time.monotonic()
+                    timeout = min(timeout, max(remaining, 0.0))
                 try:
-                    chunk = await asyncio.wait_for(reader.read(65536), self._limits.idle_timeout_seconds)
+                    chunk = await asyncio.wait_for(reader.read(65536), timeout)
                 except TimeoutError:
-                    log.info("hl7.idle_timeout", peer=str(peer))
+                    event = "hl7.idle_timeout" if message_started is None else "hl7.message_timeout"
+                    log.info(event, peer=str(peer), pending_bytes=len(buffer))
                     return
                 if not chunk:
                     return
+                if message_started is None:
+                    message_started = time.monotonic()
                 buffer += chunk
-                if not await self._drain_frames(buffer, writer, peer):
+                keep_open, answered = await self._drain_frames(buffer, writer, peer)
+                if not keep_open:
                     return
+                if answered:
+                    message_started = time.monotonic() if buffer else None
         except (ConnectionError, ssl.SSLError) as exc:
             log.info("hl7.connection_lost", peer=str(peer), error=exc.__class__.__name__)
         finally:
@@ -92,8 +108,11 @@ class MllpServer:
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()
 
-    async def _drain_frames(self, buffer: bytearray, writer: asyncio.StreamWriter, peer: object) -> bool:
-        """Answer every complete frame in ``buffer``; False when the connection must close."""
+    async def _drain_frames(
+        self, buffer: bytearray, writer: asyncio.StreamWriter, peer: object
+    ) -> tuple[bool, int]:
+        """Answer every complete frame in ``buffer``: (keep the connection open, frames answered)."""
+        answered = 0
         while buffer:
             start = 0
             while start < len(buffer) and buffer[start] in _SKIPPABLE:
@@ -101,26 +120,27 @@ class MllpServer:
             if start:
                 del buffer[:start]
             if not buffer:
-                return True
+                break
             if buffer[0] != START_BLOCK[0]:
                 log.warning("hl7.unframed_data", peer=str(peer), bytes=len(buffer))
-                return False
+                return False, answered
             end = buffer.find(END_BLOCK)
             if end == -1:
                 if len(buffer) > self._limits.max_message_bytes + 1:
                     await self._refuse_oversized(bytes(buffer[1:]), writer, peer)
-                    return False
-                return True
+                    return False, answered
+                break
             message = bytes(buffer[1:end])
             del buffer[: end + len(END_BLOCK)]
             if len(message) > self._limits.max_message_bytes:
                 await self._refuse_oversized(message, writer, peer)
-                return False
+                return False, answered
             loop = asyncio.get_running_loop()
             ack, _ = await loop.run_in_executor(self._executor, self._handler, message)
             writer.write(frame(ack))
             await writer.drain()
-        return True
+            answered += 1
+        return True, answered
 
     async def _refuse_oversized(
         self, start_of_message: bytes, writer: asyncio.StreamWriter, peer: object

@@ -21,12 +21,7 @@ log = get_logger("tace.hl7")
 
 def build_intake(settings: Settings, engine: Engine, definitions: Definitions) -> Hl7Intake:
     policy = IntakePolicy(
-        identity=IdentityRules(
-            id_type=settings.hl7_patient_id_type,
-            authority=settings.hl7_assigning_authority,
-            default_issuer=settings.default_issuer,
-            facility_issuers=settings.hl7_facility_issuers,
-        ),
+        identity=IdentityRules.from_settings(settings),
         refuse_processing_ids=frozenset(settings.hl7_refuse_processing_ids),
         facility=settings.ae_title,
     )
@@ -41,7 +36,11 @@ def serve(settings: Settings, engine: Engine, definitions: Definitions, stop: th
         intake.handle,
         host=settings.bind_host,
         port=settings.hl7_port,
-        limits=MllpLimits(settings.hl7_max_message_bytes, settings.hl7_idle_timeout_seconds),
+        limits=MllpLimits(
+            settings.hl7_max_message_bytes,
+            settings.hl7_idle_timeout_seconds,
+            settings.hl7_message_timeout_seconds,
+        ),
         ssl_context=server_tls_context(
             settings.hl7_tls_cert,
             settings.hl7_tls_key,

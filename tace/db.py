@@ -225,9 +225,23 @@ class JobEvent(SQLModel, table=True):
 
 
 class Hl7Message(SQLModel, table=True):
-    """Every HL7 message as received (raw bytes), stored before it is acknowledged."""
+    """Every HL7 message as received (raw bytes), stored before it is acknowledged.
 
-    __table_args__ = (sa.UniqueConstraint("sender", "control_id", name="uq_hl7_sender_control"),)
+    A sender's control ID names one message; a later message that reuses it with
+    other content is kept too, flagged with ``conflict_of`` (the message it collides
+    with) and never applied, so the unique key covers unflagged messages only.
+    """
+
+    __table_args__ = (
+        sa.Index(
+            "uq_hl7_sender_control",
+            "sender",
+            "control_id",
+            unique=True,
+            sqlite_where=sa.text("conflict_of IS NULL"),
+            postgresql_where=sa.text("conflict_of IS NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     sender: str = Field(max_length=200, description="MSH-3^MSH-4: sending application and facility")
@@ -242,6 +256,7 @@ class Hl7Message(SQLModel, table=True):
     detail: str | None = None
     observations: int = 0
     received_at: datetime = _created_column()
+    conflict_of: int | None = Field(default=None, foreign_key="hl7message.id")
 
 
 class LabObservation(SQLModel, table=True):

@@ -9,6 +9,7 @@ embedded defaults that let ``tace up`` run on a laptop with no server installed.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from contextvars import ContextVar
@@ -120,9 +121,11 @@ class Settings(BaseSettings):
     hl7_patient_id_type: str | None = "MR"
     hl7_assigning_authority: str | None = None
     hl7_facility_issuers: dict[str, str] = Field(default_factory=dict)
+    hl7_authority_issuers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     hl7_refuse_processing_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
     hl7_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
     hl7_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    hl7_message_timeout_seconds: float = Field(default=60.0, gt=0)
     hl7_local_codes: Path | None = None
     hl7_tls_cert: Path | None = None
     hl7_tls_key: Path | None = None
@@ -189,6 +192,22 @@ class Settings(BaseSettings):
     def _split_processing_ids(cls, value: Any) -> Any:
         items = _split_list(value)
         return [str(v).upper() for v in items] if isinstance(items, list) else items
+
+    @field_validator("hl7_authority_issuers", mode="before")
+    @classmethod
+    def _parse_authority_issuers(cls, value: Any) -> Any:
+        """``HOSP=,LAB2=HOSP`` (an empty issuer: the PACS sends none), or a JSON object."""
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("{"):
+            return json.loads(value)
+        mapping: dict[str, str] = {}
+        for item in _split_list(value):
+            authority, equals, issuer = item.partition("=")
+            if not equals or not authority.strip():
+                raise ValueError(f"{item!r} is not AUTHORITY=ISSUER (ISSUER may be empty)")
+            mapping[authority.strip()] = issuer.strip()
+        return mapping
 
     @field_validator("allowed_peer_networks", mode="before")
     @classmethod

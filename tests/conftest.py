@@ -181,6 +181,12 @@ TEST_IDENTIFIERS = (
     "WEB0001",
     "Web^Patient",
     "MRN884211",
+    "MRN6022",
+    "Roe^Richard",
+    "19490102",
+    "NC0001",
+    "MRN7033",
+    "Poe^Edgar",
 )
 PEER_LOGS = ("orthanc", "server.log")
 

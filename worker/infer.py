@@ -15,7 +15,8 @@ from functools import partial
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from hl7_clinical.identity import effective_issuer
+from hl7_clinical.explain import explain_missing_labs
+from hl7_clinical.identity import IdentityRules
 from tace.db import Instance, Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
 from tace.jobs import Lease, mark_published
 from tace.logging import get_logger
@@ -58,13 +59,16 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
                 select(Instance.path).where(Instance.series_id == series.id).order_by(col(Instance.id))
             )
         ]
+        rules = IdentityRules.from_settings(ctx.settings)
+        issuer = rules.issuer(study.issuer_of_patient_id)
         case = pipeline.Case(
             paths=paths,
             patient_id=study.patient_id or "",
-            issuer=effective_issuer(study.issuer_of_patient_id, ctx.settings.default_issuer),
+            issuer=issuer,
             patient_hash=study.patient_hash,
             at=study_time(study, series),
             generation=job.generation,
+            lab_issuers=tuple(rules.lab_issuers(issuer)),
         )
         return _Job(job.created_at, study.study_instance_uid, case)
 
@@ -93,15 +97,26 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
     )
     if isinstance(result, pipeline.LabsMissing):
         names = ", ".join(result.missing)
+        why = explain_missing_labs(
+            ctx.engine,
+            patient_id=job.case.patient_id,
+            issuer=job.case.issuer,
+            at=job.case.at,
+            definitions=ctx.predictor.meta.schema.by_name(),
+            features=result.missing,
+            rules=IdentityRules.from_settings(settings),
+        )
         if remaining > 0:
             retry_in = min(settings.labs_retry_seconds, remaining)
-            log.info("job.waiting_for_labs", missing=result.missing, retry_in=round(retry_in))
+            log.info("job.waiting_for_labs", missing=result.missing, why=str(why), retry_in=round(retry_in))
             return StageResult(
                 StageOutcome.waiting_for_labs,
-                detail=f"waiting for labs: {names}",
+                detail=f"waiting for labs: {names} ({why})",
                 not_before=utcnow() + dt.timedelta(seconds=retry_in),
             )
-        return StageResult.failed(f"labs: missing after {settings.labs_deadline_seconds:.0f} s: {names}")
+        return StageResult.failed(
+            f"labs: missing after {settings.labs_deadline_seconds:.0f} s: {names} ({why})"
+        )
     if isinstance(result, pipeline.Refused):
         log.warning(f"job.{result.stage}_refused", reason=result.reason)
         return StageResult.failed(f"{result.stage}: {result.reason}")

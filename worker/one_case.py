@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 
 from hl7_clinical.codes import CodeMap
 from hl7_clinical.csv_import import ImportReport, import_csv
-from hl7_clinical.identity import effective_issuer
+from hl7_clinical.identity import IdentityRules
 from model.predictor import PredictionResult, Predictor
 from tace import phi
 from tace.db import make_engine
@@ -54,9 +54,17 @@ def _case(
             header = pydicom.dcmread(paths[0], stop_before_pixels=True)
     phi.protect_dataset(header)
     patient_id = patient or text(header, "PatientID") or ""
-    issuer = effective_issuer(text(header, "IssuerOfPatientID"), settings.default_issuer)
+    rules = IdentityRules.from_settings(settings)
+    issuer = rules.issuer(text(header, "IssuerOfPatientID"))
     when = at or study_datetime(header) or dt.datetime.now()
-    return pipeline.Case(paths, patient_id, issuer, phi.patient_hash(patient_id, issuer), when)
+    return pipeline.Case(
+        paths,
+        patient_id,
+        issuer,
+        phi.patient_hash(patient_id, issuer),
+        when,
+        lab_issuers=tuple(rules.lab_issuers(issuer)),
+    )
 
 
 def predict_folder(

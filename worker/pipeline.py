@@ -41,6 +41,8 @@ class Case:
     """The moment the labs are assembled for: the study time (site-local, naive)."""
     generation: int = 1
     """The job generation; it and the model version make the SR's UIDs."""
+    lab_issuers: tuple[str | None, ...] | None = None
+    """Issuers stored labs may carry for this patient (``IdentityRules.lab_issuers``); None: ``issuer``."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ def gather(
         patient_hash=case.patient_hash,
         at=case.at,
         definitions=predictor.meta.schema.by_name(),
+        lab_issuers=case.lab_issuers,
     )
     timings = {"features": _elapsed(start)}
     missing = [name for name in labs_rule.required if name in features.missing]

@@ -132,7 +132,7 @@ def test_application_errors_and_refusals(start_hl7) -> None:
     assert msa(listener.exchange(adt))[1:4] == [
         "AR",
         "R0001",
-        "message type ADT A01 is not supported (ORU R01 only)",
+        "message type ADT\\S\\A01 is not supported (ORU\\S\\R01 only)",
     ]
     test_message = oru("R0002", ["OBX|1|NM|1751-7^Albumin^LN||31|g/L|||||F"], processing="T")
     assert msa(listener.exchange(test_message))[1:4] == ["AR", "R0002", "processing ID T is refused here"]

@@ -4,23 +4,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+PATIENT_A = "PID|1||MRN4711^^^HOSP^MR~123-45-678^^^SSA^SS||Doe^Jane^^^^^L||19570311|F"
+PATIENT_B = "PID|1||MRN6022^^^HOSP^MR||Roe^Richard^^^^^L||19490102|M"
+OBR = "OBR|1|PL1001|FL2001|24323-8^Comprehensive metabolic panel^LN|||20260114073000"
+
 
 def oru(
     control_id: str,
     observations: Sequence[str],
     *,
-    patient: str = "PID|1||MRN4711^^^HOSP^MR~123-45-678^^^SSA^SS||Doe^Jane^^^^^L||19570311|F",
+    patient: str = PATIENT_A,
     version: str = "2.5.1",
     message_type: str = "ORU^R01^ORU_R01",
     processing: str = "P",
     charset: str = "",
-    obr: str = "OBR|1|PL1001|FL2001|24323-8^Comprehensive metabolic panel^LN|||20260114073000",
+    obr: str = OBR,
     sender: str = "LABSYS|HOSP",
 ) -> str:
     msh = f"MSH|^~\\&|{sender}|TACE|HOSP|20260114091500||{message_type}|{control_id}|{processing}|{version}"
     if charset:
         msh += f"||||||{charset}"
     return "\r".join([msh, patient, obr, *observations]) + "\r"
+
+
+def patient_group(pid: str, observations: Sequence[str], *, order: str = "2001") -> list[str]:
+    """One PATIENT_RESULT group of an ORU^R01: the PID, one order and its results."""
+    obr = f"OBR|1|PL{order}|FL{order}|24323-8^Comprehensive metabolic panel^LN|||20260114073000"
+    return [pid, obr, *observations]
+
+
+def two_patient_oru(
+    control_id: str,
+    first: Sequence[str],
+    second: Sequence[str],
+    *,
+    second_pid: str = PATIENT_B,
+) -> str:
+    """An ORU^R01 with two PATIENT_RESULT groups (the standard allows the group to repeat)."""
+    head = oru(control_id, first).rstrip("\r")
+    return "\r".join([head, *patient_group(second_pid, second, order="3001")]) + "\r"
 
 
 CBC = [

@@ -33,6 +33,12 @@ class Hl7Listener:
 
 
 def read_frame(sock: socket.socket) -> str:
+    """An ACK as text; bytes an ACK echoes from a message that was not valid UTF-8 show as U+FFFD."""
+    return read_frame_bytes(sock).decode(errors="replace")
+
+
+def read_frame_bytes(sock: socket.socket) -> bytes:
+    """The bytes of one MLLP frame, without the start and end blocks."""
     data = b""
     while not data.endswith(END):
         chunk = sock.recv(65536)
@@ -40,7 +46,7 @@ def read_frame(sock: socket.socket) -> str:
             raise ConnectionError(f"closed after {data!r}")
         data += chunk
     assert data.startswith(START)
-    return data[1 : -len(END)].decode()
+    return data[1 : -len(END)]
 
 
 def msa(ack: str) -> list[str]:

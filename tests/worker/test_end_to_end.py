@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import socket
 import subprocess
@@ -12,9 +13,13 @@ from pathlib import Path
 import pydicom
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from pydicom.uid import generate_uid
 
+from tace.app.api.app import create_app
 from tace.db import Instance, Prediction
+from tace.settings import Settings
 from tests.support.gateway import Gateway
 from tests.support.hl7_messages import oru
 from tests.support.listener import storescu
@@ -121,7 +126,8 @@ def test_labs_arriving_after_the_ct_wake_the_waiting_job(gateway, ct_series) -> 
     _send_ct(system, ct_series(slices=12, rows=64, columns=64, patient_id="MRN5555"))
     waiting = system.wait_for_state("waiting_for_labs", timeout=120)
     assert waiting.error is None
-    assert ("waiting_for_labs", "waiting for labs: albumin") in system.events(waiting.id)
+    expected = "waiting for labs: albumin (no labs received for this patient ID, under any issuer)"
+    assert ("waiting_for_labs", expected) in system.events(waiting.id)
     time.sleep(10)
     assert str(system.job(waiting.id).state) == "waiting_for_labs"
     sent_at = time.monotonic()
@@ -130,6 +136,52 @@ def test_labs_arriving_after_the_ct_wake_the_waiting_job(gateway, ct_series) -> 
     system.wait_for_state("sent", timeout=45, job_id=waiting.id)
     assert time.monotonic() - sent_at < 45, "woken by the labs, not by the 60 s retry"
     assert _prediction(system, waiting.id).features["albumin"]["source"].startswith("HL7 LATE0001")
+
+
+def test_labs_under_an_authority_explain_the_wait_then_match_once_the_mapping_is_set(
+    gateway, ct_series, tmp_path: Path
+) -> None:
+    """A lab that sends PID-3 with an assigning authority and a PACS that sends no IssuerOfPatientID."""
+    system = gateway(required_features="albumin", labs_retry_seconds=2, labs_deadline_seconds=600)
+    system.settings.pop("default_issuer")
+    system.start_hl7()
+    system.start_listener()
+    system.start_worker()
+    ack = _mllp(system, oru("ISS0001", LABS[:1], patient="PID|1||NC0001^^^HOSP^MR||Doe^Jane"))
+    assert "MSA|AA|ISS0001" in ack
+    _send_ct(system, ct_series(slices=12, rows=64, columns=64, patient_id="NC0001"))
+    waiting = system.wait_for_state("waiting_for_labs", timeout=120)
+    expected = (
+        "waiting for labs: albumin (no labs for this patient without an issuer; labs for the same patient "
+        'ID exist under issuer HOSP (1 value(s); if they are the same patient, set TACE_HL7_AUTHORITY_ISSUERS="HOSP="))'
+    )
+    assert ("waiting_for_labs", expected) in system.events(waiting.id)
+    shown = subprocess.run(
+        [sys.executable, "-m", "tace", "jobs", "show", str(waiting.id)],
+        env=system.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert expected in shown.stdout, shown.stdout
+    logged = [
+        json.loads(line)
+        for line in (tmp_path / "worker.log").read_text().splitlines()
+        if '"job.waiting_for_labs"' in line
+    ]
+    assert logged and logged[-1]["why"] == expected.removeprefix("waiting for labs: albumin (")[:-1]
+    client = TestClient(
+        create_app(Settings(data_dir=system.data_dir, api_token=SecretStr("t0ken")), system.engine)
+    )
+    assert client.post("/login", data={"token": "t0ken"}, follow_redirects=False).status_code == 303
+    assert expected in html.unescape(client.get(f"/jobs/{waiting.id}").text)
+
+    system.stop("worker")
+    system.settings["hl7_authority_issuers"] = "HOSP="
+    system.start_worker()
+    system.wait_for_state("sent", timeout=120, job_id=waiting.id)
+    albumin = _prediction(system, waiting.id).features["albumin"]
+    assert albumin["value"] == pytest.approx(3.1) and albumin["source"].startswith("HL7 ISS0001")
 
 
 def test_pacs_down_then_back_gets_exactly_one_sr(gateway, ct_series) -> None:

@@ -83,7 +83,9 @@ def test_after_the_deadline_fail_policy_fails_with_the_missing_names(
         make_settings, sqlite_engine, demo_checkpoint, labs_deadline_seconds=0, labs_missing_policy="fail"
     )
     assert run_infer(context, stored_job) == "failed"
-    assert _job(sqlite_engine, stored_job).error == "labs: missing after 0 s: albumin"
+    assert _job(sqlite_engine, stored_job).error == (
+        "labs: missing after 0 s: albumin (no labs received for this patient ID, under any issuer)"
+    )
 
 
 def test_after_the_deadline_impute_policy_predicts_and_lists_what_was_missing(

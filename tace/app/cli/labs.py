@@ -94,15 +94,21 @@ def labs_show(
     at: Annotated[dt.datetime | None, typer.Option(help="As of this date/time (default now).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show a patient's clinical features at a date: values, units, sources, missing and rejected."""
+    """Show a patient's clinical features at a date: values, units, sources, missing and rejected.
+
+    An empty answer, and required features that are missing, come with the reason:
+    labs under another issuer, outside the look-back window, rejected, or never received.
+    """
+    from hl7_clinical.explain import explain_missing_labs
     from hl7_clinical.features import clinical_features
-    from hl7_clinical.identity import effective_issuer
+    from hl7_clinical.identity import IdentityRules, describe_issuer
     from tace import phi
 
     runtime = runtime_of(ctx)
     settings = runtime.settings
     definitions = feature_definitions(settings.feature_schema)
-    chosen_issuer = effective_issuer(issuer, settings.default_issuer)
+    rules = IdentityRules.from_settings(settings)
+    chosen_issuer = rules.issuer(issuer)
     when = at or dt.datetime.now()
     features = clinical_features(
         runtime.engine(),
@@ -111,13 +117,31 @@ def labs_show(
         patient_hash=phi.patient_hash(patient, chosen_issuer),
         at=when,
         definitions=definitions,
+        lab_issuers=rules.lab_issuers(chosen_issuer),
     )
+
+    def why(names: list[str]) -> str:
+        return str(
+            explain_missing_labs(
+                runtime.engine(),
+                patient_id=patient,
+                issuer=chosen_issuer,
+                at=when,
+                definitions=definitions,
+                features=names,
+                rules=rules,
+                reference="that date",
+            )
+        )
+
     found = [v for v in features.values.values() if v is not None]
     if not found and not features.rejected:
         fail(
-            f"no clinical values for patient hash {features.patient_hash} (issuer {chosen_issuer})",
+            f"no clinical values for patient hash {features.patient_hash} ({describe_issuer(chosen_issuer)}) "
+            f"as of {when:%Y-%m-%d %H:%M}: {why(list(definitions))}",
             EXIT_NOT_FOUND,
         )
+    required_missing = [name for name in settings.required_features if name in features.missing]
     if as_json:
         print_json(
             {
@@ -126,11 +150,15 @@ def labs_show(
                 "at": when.isoformat(),
                 "features": features.provenance(),
                 "missing": features.missing,
+                "required_missing": required_missing,
+                "required_missing_why": why(required_missing) if required_missing else None,
                 "rejected": features.rejected,
             }
         )
         return
-    typer.echo(f"patient {features.patient_hash} (issuer {chosen_issuer}) as of {when:%Y-%m-%d %H:%M}")
+    typer.echo(
+        f"patient {features.patient_hash} ({describe_issuer(chosen_issuer)}) as of {when:%Y-%m-%d %H:%M}"
+    )
     typer.echo(f"{'FEATURE':<28} {'VALUE':>12} {'UNIT':<10} {'OBSERVED':<17} SOURCE")
     for name, value in features.values.items():
         if value is None:
@@ -141,6 +169,8 @@ def labs_show(
         flag = "" if value.status in ("F", "C") else f" [{value.status}]"
         typer.echo(f"{name:<28} {shown:>12} {value.unit or '':<10} {observed:<17} {value.source}{flag}")
     typer.echo(f"{len(features.missing)} of {len(features.values)} features missing")
+    if required_missing:
+        typer.echo(f"required and missing: {', '.join(required_missing)} ({why(required_missing)})")
     if features.rejected:
         typer.echo("rejected observations")
         for item in features.rejected:
