@@ -49,6 +49,14 @@ _NOISY_LOGGERS = {
 }
 
 
+_renders_json = False
+
+
+def renders_json() -> bool:
+    """Whether configure_logging chose JSON lines, so nothing else may write to the console."""
+    return _renders_json
+
+
 def _normalise_key(key: str) -> str:
     return "".join(ch for ch in key.lower() if ch.isalnum())
 
@@ -108,6 +116,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     stream = stream if stream is not None else sys.stderr
     is_tty = stream.isatty()
     use_json = fmt == "json" or (fmt == "auto" and not is_tty)
+    global _renders_json
+    _renders_json = use_json
     renderer: Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=is_tty)
     )

@@ -31,12 +31,19 @@ def build_app(context: WorkerContext) -> Celery:
     return app
 
 
-def worker_arguments(queues: list[str], concurrency: int, loglevel: str, name: str) -> list[str]:
-    """A solo pool for one job at a time (safe with CUDA: no fork), threads when asked for more."""
+def worker_arguments(
+    queues: list[str], concurrency: int, loglevel: str, name: str, *, events: bool = False
+) -> list[str]:
+    """A solo pool for one job at a time (safe with CUDA: no fork), threads when asked for more.
+
+    With ``events`` the worker sends task events and heartbeats, which monitors
+    such as Flower need; without, it sends nothing nobody reads.
+    """
     pool = "solo" if concurrency == 1 else "threads"
     unknown = [q for q in queues if q not in (QUEUE_INFER, QUEUE_SEND)]
     if unknown:
         raise ValueError(f"unknown queue(s) {', '.join(unknown)}; use infer and/or send")
+    monitoring = ["--task-events"] if events else ["--without-heartbeat"]
     return [
         "worker",
         "--queues",
@@ -47,7 +54,7 @@ def worker_arguments(queues: list[str], concurrency: int, loglevel: str, name: s
         str(concurrency),
         "--without-gossip",
         "--without-mingle",
-        "--without-heartbeat",
+        *monitoring,
         "--loglevel",
         loglevel.upper(),
         "--hostname",

@@ -21,6 +21,7 @@ def test_up_receives_a_series_and_labs_lists_the_sr_and_survives_a_restart(start
         and f"HL7      MLLP on port {up.hl7_port}" in banner
     )
     assert "SRs to   none: SRs are kept on disk" in banner
+    assert "DEMO model (synthetic training data)" in banner, "the banner must take DEMO from the checkpoint"
     assert "filesystem" not in up.data_dir.name
     before = up.metrics()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,6 +18,8 @@ from rich.progress import (
 )
 
 Report = Callable[[str, int, int], None]
+LINE_INTERVAL_SECONDS = 10.0
+"""Without a terminal (a log file, a pipe), one line per task this often, and when it is done."""
 
 
 @contextmanager
@@ -32,12 +35,17 @@ def progress_bars() -> Iterator[Report]:
     )
     with Progress(*columns, console=console, disable=not console.is_terminal) as bars:
         tasks: dict[str, TaskID] = {}
+        printed: dict[str, float] = {}
 
         def report(description: str, done: int, total: int) -> None:
             if description not in tasks:
                 tasks[description] = bars.add_task(description, total=total)
             bars.update(tasks[description], completed=done, total=total)
-            if not console.is_terminal and done == total:
-                console.print(f"{description}: {done}/{total} done")
+            if console.is_terminal:
+                return
+            now = time.monotonic()
+            if done == total or now - printed.get(description, 0.0) >= LINE_INTERVAL_SECONDS:
+                printed[description] = now
+                console.print(f"{description}: {done}/{total}{' done' if done == total else ''}")
 
         yield report

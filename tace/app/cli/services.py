@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tace.app.cli.base import app, bench_app, runtime_of, stop_on_signals
+from tace.app.cli.base import app, bench_app, fail, runtime_of, stop_on_signals
 
 
 @app.command()
@@ -21,14 +21,22 @@ def listen(
 ) -> None:
     """Run the DICOM listener (C-STORE SCP), series completion and the relay until stopped."""
     from listener.service import serve
+    from tace.app.ports import unavailable_message
 
     runtime = runtime_of(ctx)
     settings = runtime.settings
     if processes is not None:
         settings = settings.model_copy(update={"listener_processes": processes})
+    check_ports([(settings.bind_host, settings.dicom_port, "TACE_DICOM_PORT")])
     engine = runtime.engine()
     stop = stop_on_signals()
-    serve(settings, engine, stop, relay=relay)
+    try:
+        serve(settings, engine, stop, relay=relay)
+    except OSError as exc:
+        message = unavailable_message(settings.dicom_port, "TACE_DICOM_PORT", exc)
+        if message is None:
+            raise
+        fail(message)
 
 
 @bench_app.command("ingest")
@@ -43,7 +51,6 @@ def bench_ingest(
 ) -> None:
     """Instances/s and MB/s of `tace listen` against DCMTK storescp, and their ratio."""
     from tace.app.bench.ingest import run_ingest_benchmark
-    from tace.app.cli.base import fail
     from tace.app.cli.progress import progress_bars
 
     runtime = runtime_of(ctx)
@@ -74,9 +81,13 @@ def worker(
     ] = "infer,send",
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs at once (1: solo pool, CUDA-safe).")] = 1,
     name: Annotated[str, typer.Option(help="Worker name as Celery reports it.")] = "tace@%h",
+    events: Annotated[
+        bool, typer.Option(help="Send task events and heartbeats for monitors such as Flower (Redis).")
+    ] = False,
 ) -> None:
     """Run a worker that turns completed series into SRs in the PACS (until stopped)."""
-    from tace.app.cli.base import fail
+    from tace.app import celery_console
+    from tace.logging import renders_json
     from worker.context import WorkerContext, ensure_checkpoint
     from worker.tasks import build_app, worker_arguments
 
@@ -85,12 +96,18 @@ def worker(
     context = WorkerContext(settings, runtime.engine())
     try:
         arguments = worker_arguments(
-            [q.strip() for q in queues.split(",") if q.strip()], concurrency, settings.log_level, name
+            [q.strip() for q in queues.split(",") if q.strip()],
+            concurrency,
+            settings.log_level,
+            name,
+            events=events,
         )
     except ValueError as exc:
         fail(str(exc))
     if "infer" in queues:
         ensure_checkpoint(settings)
+    if renders_json():
+        arguments = celery_console.json_only(arguments)
     build_app(context).worker_main(arguments)
 
 
@@ -133,17 +150,18 @@ def api(ctx: typer.Context) -> None:
     """Run the admin API, web page, /metrics and /healthz on TACE_API_PORT (until stopped)."""
     import uvicorn
 
+    from tace.app import ports
     from tace.app.api.app import create_app
 
     runtime = runtime_of(ctx)
     settings = runtime.settings
-    uvicorn.run(
-        create_app(settings, runtime.engine()),
-        host=settings.api_bind_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-    )
+    try:
+        sock = ports.bind(settings.api_bind_host, settings.api_port, "TACE_API_PORT")
+    except ports.PortUnavailable as exc:
+        fail(str(exc))
+    config = uvicorn.Config(create_app(settings, runtime.engine()), log_config=None, access_log=False)
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 @app.command()
@@ -152,45 +170,64 @@ def up(ctx: typer.Context) -> None:
     import os
     import shutil
 
+    from model.checkpoint import CheckpointError, read_meta
     from tace.app.api.auth import operator_token
-    from tace.app.cli.base import fail
-    from tace.app.supervisor import Service, Supervisor
+    from tace.app.cli.progress import progress_bars
+    from tace.app.supervisor import GaveUp, Service, Supervisor
     from tace.storage import Storage
-    from worker.context import checkpoint_path, ensure_checkpoint
+    from worker.context import checkpoint_path, demo_cache_path, ensure_checkpoint
 
     runtime = runtime_of(ctx)
     settings = runtime.settings
+    services = [
+        Service("listener", ("listen",), settings.dicom_port, "TACE_DICOM_PORT", stop_seconds=20),
+        Service("hl7", ("hl7",), settings.hl7_port, "TACE_HL7_PORT", stop_seconds=20),
+        Service("worker", ("worker", "--name", "up@%h"), stop_seconds=120),
+        Service("api", ("api",), settings.api_port, "TACE_API_PORT", stop_seconds=10),
+    ]
+    check_ports(
+        [
+            (settings.api_bind_host if s.name == "api" else settings.bind_host, s.port, s.setting)
+            for s in services
+            if s.port and s.setting
+        ]
+    )
     engine = runtime.engine()
     engine.dispose()
     Storage(settings.data_dir).ensure()
     shutil.rmtree(settings.data_dir / "metrics", ignore_errors=True)
     if settings.model_checkpoint is None and not checkpoint_path(settings).exists():
-        typer.echo("first start: training the demo model on synthetic data (about a minute)...")
-    checkpoint = ensure_checkpoint(settings)
+        cache = demo_cache_path()
+        typer.echo(
+            f"first start: copying the demo model from {cache}"
+            if cache.exists()
+            else "first start: training the demo model on synthetic data (a few minutes on a small CPU; "
+            f"kept in {cache.parent} for every later data dir)..."
+        )
+    with progress_bars() as report:
+        checkpoint = ensure_checkpoint(settings, progress=report)
+    try:
+        demo = read_meta(checkpoint).demo
+    except (CheckpointError, OSError) as exc:
+        fail(f"model checkpoint {checkpoint}: {exc}")
     token = operator_token(settings)
     env = dict(os.environ)
     if runtime.config_file is not None:
         env["TACE_CONFIG"] = str(runtime.config_file.absolute())
     env.setdefault("TACE_DATA_DIR", str(settings.data_dir))
-    services = [
-        Service("listener", ("listen",), port=settings.dicom_port, stop_seconds=20),
-        Service("hl7", ("hl7",), port=settings.hl7_port, stop_seconds=20),
-        Service("worker", ("worker", "--name", "up@%h"), stop_seconds=120),
-        Service("api", ("api",), port=settings.api_port, stop_seconds=10),
-    ]
     supervisor = Supervisor(services, env, settings.data_dir / "logs")
     stop = stop_on_signals()
     supervisor.start()
-    problems = supervisor.wait_ready(timeout=120)
+    problems = supervisor.wait_ready(timeout=120, stop=stop)
     if problems:
         supervisor.shutdown()
         fail(f"not ready: {'; '.join(problems)} (logs in {settings.data_dir / 'logs'})")
-    demo = " DEMO model (synthetic training data)" if settings.model_checkpoint is None else ""
+    flag = " DEMO model (synthetic training data)" if demo else ""
     destinations = (
         ", ".join(str(d) for d in settings.destinations) or "none: SRs are kept on disk and listed by the API"
     )
     typer.echo(
-        f"TACE gateway - research use only.{demo}\n"
+        f"TACE gateway - research use only.{flag}\n"
         f"  DICOM    AE {settings.ae_title} on port {settings.dicom_port}\n"
         f"  HL7      MLLP on port {settings.hl7_port}\n"
         f"  admin    http://localhost:{settings.api_port}/  (token: {token})\n"
@@ -202,7 +239,27 @@ def up(ctx: typer.Context) -> None:
     )
     try:
         supervisor.supervise(stop)
-    finally:
-        typer.echo("stopping: letting the worker finish the job in hand...")
+    except GaveUp as exc:
         supervisor.shutdown()
-        typer.echo("stopped")
+        fail(str(exc), code=1)
+    except BaseException:
+        supervisor.shutdown()
+        raise
+    typer.echo("stopping: letting the worker finish the job in hand...")
+    supervisor.shutdown()
+    typer.echo("stopped")
+
+
+def check_ports(wanted: list[tuple[str, int, str]]) -> None:
+    """Stop with one line before anything starts if a (host, port, setting) is taken, or two share a port."""
+    from tace.app import ports
+
+    seen: dict[int, str] = {}
+    for host, port, setting in wanted:
+        if port in seen:
+            fail(f"{seen[port]} and {setting} are both {port}: give each service its own port")
+        seen[port] = setting
+        try:
+            ports.ensure_free(host, port, setting)
+        except ports.PortUnavailable as exc:
+            fail(str(exc))
