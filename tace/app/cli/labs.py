@@ -13,13 +13,11 @@ if TYPE_CHECKING:
 
 from tace.app.cli.base import (
     EXIT_NOT_FOUND,
-    app,
     bench_app,
     fail,
     labs_app,
     print_json,
     runtime_of,
-    stop_on_signals,
 )
 
 
@@ -31,25 +29,6 @@ def feature_definitions(schema_path: Path | None) -> Definitions:
         return FeatureSchema.load(schema_path).by_name()
     except (SchemaError, OSError) as exc:
         fail(f"feature schema: {exc}")
-
-
-@app.command("hl7")
-def hl7_listen(ctx: typer.Context) -> None:
-    """Run the HL7 v2 MLLP listener for lab results (ORU^R01) until stopped."""
-    from hl7_clinical.codes import CodeMapError
-    from hl7_clinical.service import serve
-
-    runtime = runtime_of(ctx)
-    settings = runtime.settings
-    definitions = feature_definitions(settings.feature_schema)
-    engine = runtime.engine()
-    stop = stop_on_signals()
-    try:
-        serve(settings, engine, definitions, stop)
-    except CodeMapError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot listen on port {settings.hl7_port}: {exc.strerror}")
 
 
 @labs_app.command("import")
