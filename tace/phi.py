@@ -45,6 +45,13 @@ def load_hash_key(data_dir: Path) -> bytes:
     return key_bytes
 
 
+def use_ephemeral_hash_key() -> None:
+    """A random key for a process that has no data dir (offline tools): its hashes match no other."""
+    global _hash_key
+    with _lock:
+        _hash_key = secrets.token_bytes(32)
+
+
 def patient_hash(patient_id: str | None, issuer: str | None = None) -> str:
     """A stable, keyed pseudonym for (issuer, patient ID), safe to log and display."""
     if not patient_id:

@@ -23,9 +23,16 @@ def quiet_dicom_validation() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
-def init_process(settings: Settings) -> None:
-    """Call first thing in every process the project starts (an initializer for pools)."""
+def init_process(settings: Settings, *, data_dir: bool = True) -> None:
+    """Call first thing in every process the project starts (an initializer for pools).
+
+    ``data_dir=False`` is for offline tools run where no gateway lives: they create
+    nothing there, and hash patients with a random key that matches no other process.
+    """
     configure_logging(settings.log_level, settings.log_format)
     quiet_dicom_validation()
-    phi.load_hash_key(settings.data_dir)
-    metrics.init(settings.data_dir)
+    if data_dir:
+        phi.load_hash_key(settings.data_dir)
+        metrics.init(settings.data_dir)
+    else:
+        phi.use_ephemeral_hash_key()

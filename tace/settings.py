@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Mapping
 from contextvars import ContextVar
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,8 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "TACE_CONFIG"
+NOT_SETTINGS = frozenset({CONFIG_ENV, "TACE_REQUIRE_SERVICES"})
+"""``TACE_`` variables that are not settings: the config file, and the test suite's switch."""
 _config_file: ContextVar[Path | None] = ContextVar("tace_config_file", default=None)
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
@@ -69,6 +72,15 @@ class Destination(BaseModel, frozen=True):
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def default_data_dir() -> Path:
+    """One place whatever the working directory: ``$XDG_DATA_HOME/tace``, else ``~/.local/share/tace``.
+
+    Services deployed by systemd or compose set ``TACE_DATA_DIR`` (``/var/lib/tace``).
+    """
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tace"
+
+
 def _split_list(value: Any) -> Any:
     """Lists come from the environment as comma-separated text."""
     if isinstance(value, str):
@@ -87,7 +99,7 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
     )
 
-    data_dir: Path = Path("tace-data")
+    data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
     broker_url: str = "filesystem://"
 
@@ -285,6 +297,19 @@ def _describe(error: ErrorDetails) -> str:
     value = error.get("input")
     shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""
     return f"{variable}{shown}: {message}"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``TACE_*`` variables that name no setting (a misspelling is otherwise silently ignored)."""
+    known = {f"TACE_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        key
+        for key in environ
+        if key.startswith("TACE_")
+        and key not in known
+        and key not in NOT_SETTINGS
+        and not key.startswith("TACE_TEST_")
+    )
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

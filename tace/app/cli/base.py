@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import enum
 import json
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -13,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from sqlalchemy.engine import Engine
 
-from tace.settings import Settings, SettingsError, load_settings
+from tace.settings import Settings, SettingsError, load_settings, unknown_variables
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 1
@@ -53,6 +56,8 @@ class Runtime:
 
     config_file: Path | None
     log_level: str | None
+    command: str = ""
+    """The running command without the program name (``jobs list``), which decides :class:`DataDirUse`."""
     _settings: Settings | None = None
     _engine: Engine | None = field(default=None, repr=False)
 
@@ -63,12 +68,22 @@ class Runtime:
             if self.log_level:
                 overrides["log_level"] = self.log_level
             try:
-                self._settings = load_settings(self.config_file, **overrides)
+                settings = load_settings(self.config_file, **overrides)
             except SettingsError as exc:
                 fail(str(exc))
+            for name in unknown_variables(os.environ):
+                warn(f"{name} is not a setting and is ignored{_did_you_mean(name, _SETTING_NAMES)}")
+            check_required_features(settings)
+            use = data_dir_use(self.command)
+            if use is DataDirUse.existing and not gateway_exists(settings):
+                fail(
+                    f"no gateway data in {settings.data_dir} (TACE_DATA_DIR): start the gateway with "
+                    "`tace up`, or point TACE_DATA_DIR (or --config) at the data dir of the one that runs"
+                )
             from tace.process import init_process
 
-            init_process(self._settings)
+            init_process(settings, data_dir=use is not DataDirUse.none or settings.data_dir.is_dir())
+            self._settings = settings
         return self._settings
 
     def configure(self) -> None:
@@ -92,9 +107,90 @@ class Runtime:
         return self._engine
 
 
+class DataDirUse(enum.Enum):
+    """What a command does with the data dir: make it, need an existing one, or use it if there."""
+
+    create = "create"
+    existing = "existing"
+    none = "none"
+
+
+DATA_DIR_USE: dict[str, DataDirUse] = {
+    "up": DataDirUse.create,
+    "listen": DataDirUse.create,
+    "hl7": DataDirUse.create,
+    "worker": DataDirUse.create,
+    "relay": DataDirUse.create,
+    "api": DataDirUse.create,
+    "db upgrade": DataDirUse.create,
+    "labs import": DataDirUse.create,
+    "labs show": DataDirUse.existing,
+    "jobs list": DataDirUse.existing,
+    "jobs show": DataDirUse.existing,
+    "jobs replay": DataDirUse.existing,
+    "hl7 send": DataDirUse.none,
+    "example": DataDirUse.none,
+    "model demo": DataDirUse.none,
+    "model cohort": DataDirUse.none,
+    "model info": DataDirUse.none,
+    "train": DataDirUse.none,
+    "evaluate": DataDirUse.none,
+    "predict": DataDirUse.none,
+    "bench model": DataDirUse.none,
+    "bench ingest": DataDirUse.none,
+    "bench hl7": DataDirUse.none,
+    "bench pipeline": DataDirUse.none,
+}
+"""Every command, by its path without the program name; a test checks that none is missing."""
+
+_SETTING_NAMES = sorted(f"TACE_{name.upper()}" for name in Settings.model_fields)
+
+
+def data_dir_use(command: str) -> DataDirUse:
+    return DATA_DIR_USE.get(command, DataDirUse.none)
+
+
+def gateway_exists(settings: Settings) -> bool:
+    """A gateway has run with this data dir: it exists, with its database when that is SQLite."""
+    if not settings.data_dir.is_dir():
+        return False
+    return settings.database_url is not None or (settings.data_dir / "tace.db").is_file()
+
+
+def warn(message: str) -> None:
+    typer.echo(f"tace: warning: {message}", err=True)
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_required_features(settings: Settings) -> None:
+    """Every name in TACE_REQUIRED_FEATURES must be a feature of the schema, or jobs wait for nothing."""
+    if not settings.required_features:
+        return
+    from model.schema import DEFAULT_SCHEMA, FeatureSchema, SchemaError
+
+    try:
+        schema = FeatureSchema.load(settings.feature_schema)
+    except (SchemaError, OSError) as exc:
+        fail(f"TACE_FEATURE_SCHEMA: {exc}")
+    names = [feature.name for feature in schema.features]
+    unknown = [name for name in settings.required_features if name not in names]
+    if unknown:
+        source = settings.feature_schema or f"model/schemas/{DEFAULT_SCHEMA}"
+        fail(
+            f"TACE_REQUIRED_FEATURES: {', '.join(repr(u) for u in unknown)} "
+            f"{'is not a feature' if len(unknown) == 1 else 'are not features'} of the schema "
+            f"{schema.name}{_did_you_mean(unknown[0], names)}; the names are listed in {source}"
+        )
+
+
 def runtime_of(ctx: typer.Context) -> Runtime:
     runtime = ctx.find_object(Runtime)
     assert runtime is not None
+    runtime.command = ctx.command_path.partition(" ")[2]
     return runtime
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from tace.app.cli.base import app, bench_app, fail, model_app, print_json, runtime_of
+from tace.settings import Settings
 
 Manifest = Annotated[Path, typer.Argument(help="CSV: case_id, label, volume, then one column per feature.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for the report, plots and checkpoint.")]
@@ -226,13 +227,33 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
     }
 
 
+def active_checkpoint(settings: Settings) -> Path:
+    """The checkpoint workers load: TACE_MODEL_CHECKPOINT, else the demo model in the data dir."""
+    from worker.context import checkpoint_path
+
+    path = checkpoint_path(settings)
+    if path.is_file():
+        return path
+    if settings.model_checkpoint is not None:
+        fail(f"TACE_MODEL_CHECKPOINT={str(path)!r}: no such file")
+    fail(
+        f"no active checkpoint: TACE_MODEL_CHECKPOINT is not set and the demo model {path} "
+        f"(in the data dir, TACE_DATA_DIR) does not exist yet; `tace up` makes it"
+    )
+
+
 @model_app.command("info")
 def model_info(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors).")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(help="Checkpoint (.safetensors); default: the one the gateway uses."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show a checkpoint's metadata, metrics and parameter counts per branch."""
+    """Show a checkpoint's metadata, metrics and parameter counts per branch (default: the active one)."""
+    if checkpoint is None:
+        checkpoint = active_checkpoint(runtime_of(ctx).settings)
     try:
         info = checkpoint_info(checkpoint)
     except _model_errors() as exc:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,98 @@ def test_jobs_errors(data_dir: Path, sqlite_engine: Engine) -> None:
     bad_state = tace("jobs", "list", "--state", "done", data_dir=data_dir)
     assert bad_state.returncode == 2
     assert "unknown state 'done'" in bad_state.stderr
+
+
+@pytest.mark.parametrize(
+    "command,setting",
+    [("listen", "TACE_DICOM_PORT"), ("hl7", "TACE_HL7_PORT"), ("api", "TACE_API_PORT")],
+)
+def test_a_port_in_use_is_one_line_naming_the_setting_and_exit_2(
+    data_dir: Path, command: str, setting: str
+) -> None:
+    with closing(socket.create_server(("127.0.0.1", 0))) as taken:
+        port = taken.getsockname()[1]
+        result = tace(command, data_dir=data_dir, **{setting.removeprefix("TACE_").lower(): port})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        f"tace: error: port {port} is already in use by another program ({setting}): "
+        f"stop that program or set {setting} to a free port"
+    )
+
+
+def test_commands_that_read_a_gateway_name_the_data_dir_they_did_not_find(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for command in (["jobs", "list"], ["jobs", "show", "1"], ["labs", "show", "P1"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "tace", *command],
+            env={**tace_env(), "HOME": str(home)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2, command
+        assert result.stderr.strip().startswith(
+            f"tace: error: no gateway data in {home / '.local/share/tace'} (TACE_DATA_DIR)"
+        ), result.stderr
+    assert not home.exists() and list(tmp_path.iterdir()) == [], "a command created a data dir"
+
+
+def test_the_default_data_dir_does_not_depend_on_the_working_directory(tmp_path: Path) -> None:
+    env = {**tace_env(), "HOME": str(tmp_path / "home")}
+    made = subprocess.run(
+        [sys.executable, "-m", "tace", "db", "upgrade"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    listed = subprocess.run(
+        [sys.executable, "-m", "tace", "jobs", "list"],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (listed.returncode, listed.stdout.strip()) == (0, "no jobs")
+    assert (tmp_path / "home/.local/share/tace/tace.db").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_every_command_says_what_it_does_with_the_data_dir() -> None:
+    import typer
+
+    from tace.app.cli import app
+    from tace.app.cli.base import DATA_DIR_USE
+
+    def leaves(command: object, prefix: str) -> list[str]:
+        sub = getattr(command, "commands", None)
+        found = [prefix] if prefix and (not sub or getattr(command, "invoke_without_command", False)) else []
+        for name, child in (sub or {}).items():
+            found += leaves(child, f"{prefix} {name}".strip())
+        return found
+
+    assert sorted(leaves(typer.main.get_command(app), "")) == sorted(DATA_DIR_USE)
+
+
+def test_misspelled_required_features_stop_with_a_suggestion(data_dir: Path) -> None:
+    result = tace("jobs", "list", data_dir=data_dir, required_features="albumine,afp")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "tace: error: TACE_REQUIRED_FEATURES: 'albumine' is not a feature of the schema cldca-43 "
+        "(did you mean albumin?); the names are listed in model/schemas/cldca43.yaml"
+    )
+
+
+def test_unknown_tace_variables_are_warned_about(data_dir: Path, sqlite_engine: Engine) -> None:
+    result = tace("jobs", "list", data_dir=data_dir, dicom_portt="104", frobnicate="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "tace: warning: TACE_DICOM_PORTT is not a setting and is ignored (did you mean TACE_DICOM_PORT?)",
+        "tace: warning: TACE_FROBNICATE is not a setting and is ignored",
+    ]
