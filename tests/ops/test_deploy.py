@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -18,8 +19,16 @@ DEPLOY = REPO_ROOT / "deploy"
 
 def test_compose_file_validates_with_docker_compose() -> None:
     binary = require_tool("docker-compose")
+    command = [binary, "-f", str(DEPLOY / "compose.yaml"), "config"]
+    environment = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    unprotected = subprocess.run(command, capture_output=True, text=True, timeout=60, env=environment)
+    assert unprotected.returncode != 0 and "set FLOWER_BASIC_AUTH=user:password" in unprotected.stderr
     result = subprocess.run(
-        [binary, "-f", str(DEPLOY / "compose.yaml"), "config"], capture_output=True, text=True, timeout=60
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environment, "FLOWER_BASIC_AUTH": "admin:s3cret"},
     )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
@@ -44,6 +53,13 @@ def test_compose_file_validates_with_docker_compose() -> None:
     for name in ("redis", "postgres", "listener", "hl7", "api"):
         assert "healthcheck" in services[name], name
     assert services["listener"]["command"] == ["listen", "--no-relay"]
+    for name in ("worker-cpu", "worker-gpu"):
+        assert "--events" in services[name]["command"], "Flower sees no task without task events"
+    flower = services["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "admin:s3cret"
+    assert [p["host_ip"] if isinstance(p, dict) else p.split(":")[0] for p in flower["ports"]] == [
+        "127.0.0.1"
+    ]
 
 
 def test_example_config_loads(monkeypatch) -> None:
