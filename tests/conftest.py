@@ -187,6 +187,9 @@ TEST_IDENTIFIERS = (
     "NC0001",
     "MRN7033",
     "Poe^Edgar",
+    "EXAMPLE1",
+    "Example^Patient",
+    "19580214",
 )
 PEER_LOGS = ("orthanc", "server.log")
 

@@ -37,12 +37,16 @@ class Up:
             api_port=self.api_port,
             **self.settings,
         )
+        return self.launch(env, REPO_ROOT, timeout)
+
+    def launch(self, env: dict[str, str], cwd: Path, timeout: float = 180) -> str:
+        """Start `tace up` with exactly this environment; returns its output once it says ready."""
         offset = self.output.stat().st_size if self.output.exists() else 0
         handle = self.output.open("ab")
         self.process = subprocess.Popen(
             tace_command("up"),
             env=env,
-            cwd=REPO_ROOT,
+            cwd=cwd,
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
