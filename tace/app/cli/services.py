@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tace.app.cli.base import app, bench_app, fail, runtime_of, stop_on_signals
+from tace.settings import Settings
 
 
 @app.command()
@@ -222,6 +224,23 @@ def up(ctx: typer.Context) -> None:
     if problems:
         supervisor.shutdown()
         fail(f"not ready: {'; '.join(problems)} (logs in {settings.data_dir / 'logs'})")
+    if not stop.is_set():
+        print_banner(settings, checkpoint, demo, token)
+    try:
+        supervisor.supervise(stop)
+    except GaveUp as exc:
+        supervisor.shutdown()
+        fail(str(exc), code=1)
+    except BaseException:
+        supervisor.shutdown()
+        raise
+    typer.echo("stopping: letting the worker finish the job in hand...")
+    supervisor.shutdown()
+    typer.echo("stopped")
+
+
+def print_banner(settings: Settings, checkpoint: Path, demo: bool, token: str) -> None:
+    """Where everything listens, then `ready` (scripts and tests wait for that word)."""
     flag = " DEMO model (synthetic training data)" if demo else ""
     destinations = (
         ", ".join(str(d) for d in settings.destinations) or "none: SRs are kept on disk and listed by the API"
@@ -237,17 +256,6 @@ def up(ctx: typer.Context) -> None:
         f"  data     {settings.data_dir} (logs in {settings.data_dir / 'logs'})\n"
         "ready"
     )
-    try:
-        supervisor.supervise(stop)
-    except GaveUp as exc:
-        supervisor.shutdown()
-        fail(str(exc), code=1)
-    except BaseException:
-        supervisor.shutdown()
-        raise
-    typer.echo("stopping: letting the worker finish the job in hand...")
-    supervisor.shutdown()
-    typer.echo("stopped")
 
 
 def check_ports(wanted: list[tuple[str, int, str]]) -> None:
