@@ -9,9 +9,14 @@ from tace.settings import Destination, SettingsError, load_settings
 
 def test_defaults_need_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     settings = load_settings()
-    assert settings.data_dir == tmp_path / "tace-data"
-    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'tace-data' / 'tace.db'}"
+    default = tmp_path / "home" / ".local" / "share" / "tace"
+    assert settings.data_dir == default
+    assert settings.effective_database_url == f"sqlite:///{default / 'tace.db'}"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert load_settings().data_dir == tmp_path / "xdg" / "tace"
     assert settings.broker_url == "filesystem://"
     assert (settings.dicom_port, settings.hl7_port, settings.api_port) == (11112, 2575, 8080)
     assert settings.ae_title == "TACE"

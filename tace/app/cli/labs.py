@@ -1,4 +1,4 @@
-"""`tace hl7` and `tace labs import|show`: the clinical data feed."""
+"""`tace labs import|show` (and the HL7 benchmark): clinical values in and as the model sees them."""
 
 from __future__ import annotations
 
