@@ -97,13 +97,13 @@ def test_two_messages_in_one_frame_are_refused_not_merged(start_hl7) -> None:
 def test_reused_control_id_with_other_content_is_kept_and_flagged(start_hl7) -> None:
     listener = start_hl7()
     albumin = "OBX|1|NM|1751-7^Albumin^LN||{value}|g/L|||||F|||20260114072000"
-    original = oru("DUP0001", [albumin.format(value=31)])
-    other = oru("DUP0001", [albumin.format(value=45)])
+    original = oru("CTLDUP7", [albumin.format(value=31)])
+    other = oru("CTLDUP7", [albumin.format(value=45)])
     sock = listener.connect()
     assert msa(listener.exchange(original, sock))[1] == "AA"
     conflict = listener.exchange(other, sock)
-    assert msa(conflict)[1:3] == ["AE", "DUP0001"]
-    assert "control ID DUP0001 was already used for different content" in msa(conflict)[3]
+    assert msa(conflict)[1:3] == ["AE", "CTLDUP7"]
+    assert "control ID CTLDUP7 was already used for different content" in msa(conflict)[3]
     assert "205^Duplicate key identifier^HL70357" in conflict
     resent_original = original.replace("20260114091500", "20260114093000")
     again = listener.exchange(resent_original, sock)
@@ -112,8 +112,8 @@ def test_reused_control_id_with_other_content_is_kept_and_flagged(start_hl7) -> 
     sock.close()
     rows = _messages(listener)
     assert [(m.control_id, m.ack_code, m.raw) for m in rows] == [
-        ("DUP0001", "AA", original.encode()),
-        ("DUP0001", "AE", other.encode()),
+        ("CTLDUP7", "AA", original.encode()),
+        ("CTLDUP7", "AE", other.encode()),
     ]
     assert rows[1].conflict_of == rows[0].id
     table = LabObservation.__table__
@@ -125,7 +125,7 @@ def test_reused_control_id_with_other_content_is_kept_and_flagged(start_hl7) -> 
 def test_ack_uses_the_senders_encoding_characters(start_hl7) -> None:
     listener = start_hl7()
     message = (
-        oru("ENC0001", [ALT_A.replace("^", "$")], patient="PID|1||MRN4711$$$HOSP$MR||Doe$Jane")
+        oru("CTLENC7", [ALT_A.replace("^", "$")], patient="PID|1||MRN4711$$$HOSP$MR||Doe$Jane")
         .replace("MSH|^~\\&|", "MSH|$%*@|")
         .replace("ORU^R01^ORU_R01", "ORU$R01$ORU_R01")
         .replace("24323-8^Comprehensive metabolic panel^LN", "24323-8$CMP$LN")
@@ -133,9 +133,9 @@ def test_ack_uses_the_senders_encoding_characters(start_hl7) -> None:
     ack = listener.exchange(message)
     msh, msa_line = ack.split("\r")[:2]
     assert msh.startswith("MSH|$%*@|") and "|ACK$R01$ACK|" in msh, msh
-    assert msa_line.split("|")[1:3] == ["AA", "ENC0001"]
+    assert msa_line.split("|")[1:3] == ["AA", "CTLENC7"]
     assert "^" not in ack and "~" not in ack and "&" not in ack
-    refused = message.replace("ENC0001", "ENC0002").replace("ORU$R01$ORU_R01", "ADT$A01$ADT_A01")
+    refused = message.replace("CTLENC7", "CTLENC8").replace("ORU$R01$ORU_R01", "ADT$A01$ADT_A01")
     nak = listener.exchange(refused)
     assert msa(nak)[1] == "AR" and "|200$Unsupported message type$HL70357|" in nak
     assert nak.split("\r")[0].split("|")[8] == "ACK$A01$ACK"
