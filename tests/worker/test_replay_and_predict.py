@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy.engine import Engine
 
@@ -97,3 +98,48 @@ def test_predict_one_folder_with_labs_and_an_sr(
         timeout=120,
     )
     assert refused.returncode == 2 and refused.stderr.strip() == "tace: error: no files in the series"
+
+
+def test_predict_reads_the_gateways_labs_skips_stray_files_and_recurses(
+    demo_checkpoint: Path, ct_series, tmp_path: Path, data_dir: Path
+) -> None:
+    """A PACS export: the series one folder down, a README beside it, labs already in the gateway."""
+    export = tmp_path / "export"
+    ct_series(export / "DICOM" / "S1", slices=8, rows=48, columns=48, patient_id="ONE0002")
+    (export / "README.TXT").write_text("exported by a viewer\n")
+    labs = tmp_path / "labs.csv"
+    labs.write_text("patient_id,date,albumin\nONE0002,2026-01-10,3.4\n")
+    env = tace_env(data_dir=data_dir, model_checkpoint=demo_checkpoint, device="cpu")
+    imported = subprocess.run(
+        [sys.executable, "-m", "tace", "labs", "import", str(labs)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert imported.returncode == 0, imported.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "tace", "predict", str(export), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["slices"] == 8 and output["skipped_files"] == 1
+    assert output["labs_source"] == "gateway database"
+    assert output["features"]["albumin"]["value"] == pytest.approx(3.4)
+
+
+def test_predict_refuses_a_folder_of_several_series_unless_one_is_chosen(ct_series, tmp_path: Path) -> None:
+    from worker.one_case import CaseRefused, series_files
+
+    first = ct_series(tmp_path / "study" / "a", slices=3, rows=16, columns=16, series_number=1, seed=1)
+    ct_series(tmp_path / "study" / "b", slices=2, rows=16, columns=16, series_number=2, seed=2)
+    with pytest.raises(CaseRefused, match="holds 2 series") as refused:
+        series_files(tmp_path / "study")
+    assert "--series" in str(refused.value)
+    uid = str(pydicom.dcmread(first[0], stop_before_pixels=True).SeriesInstanceUID)
+    chosen, skipped = series_files(tmp_path / "study", uid)
+    assert sorted(chosen) == sorted(first) and skipped == 0

@@ -306,12 +306,20 @@ def bench_model(
 @app.command()
 def predict(
     ctx: typer.Context,
-    series_dir: Annotated[Path, typer.Argument(help="Folder with the DICOM files of one CT series.")],
+    series_dir: Annotated[
+        Path, typer.Argument(help="Folder holding one CT series (searched recursively; other files skipped).")
+    ],
+    series: Annotated[
+        str | None, typer.Option(help="SeriesInstanceUID to use when the folder holds several series.")
+    ] = None,
     patient: Annotated[
         str | None, typer.Option(help="Patient ID for the labs (default: DICOM PatientID).")
     ] = None,
     labs: Annotated[
-        Path | None, typer.Option(help="CSV of clinical values, as `tace labs import` reads.")
+        Path | None,
+        typer.Option(
+            help="CSV of clinical values, as `tace labs import` reads (default: the gateway's own labs)."
+        ),
     ] = None,
     at: Annotated[
         datetime | None, typer.Option(help="Assemble labs as of this time (default: study date).")
@@ -319,12 +327,17 @@ def predict(
     sr_out: Annotated[Path | None, typer.Option(help="Write the DICOM SR here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Predict one series folder with no broker or listener: volume, labs, model and SR."""
+    """Predict one series folder with no broker or listener: volume, labs, model and SR.
+
+    Labs come from --labs, else from the gateway of TACE_DATA_DIR when one has run there.
+    """
     from hl7_clinical.csv_import import CsvError
+    from tace.app.cli.base import gateway_exists
     from worker.context import ensure_checkpoint
     from worker.one_case import CaseRefused, predict_folder
 
-    settings = runtime_of(ctx).settings
+    runtime = runtime_of(ctx)
+    settings = runtime.settings
     refusals: tuple[type[Exception], ...] = (CaseRefused, CsvError, *_model_errors())
     if not series_dir.is_dir():
         fail(f"{series_dir} is not a folder")
@@ -333,6 +346,8 @@ def predict(
             settings,
             ensure_checkpoint(settings),
             series_dir,
+            gateway_labs=runtime.engine() if labs is None and gateway_exists(settings) else None,
+            series_uid=series,
             patient=patient,
             labs=labs,
             at=at,
@@ -354,6 +369,8 @@ def predict(
                 "slices_used": p.slices_used,
                 "missing_features": result.missing,
                 "features": result.features,
+                "labs_source": result.labs_source,
+                "skipped_files": result.skipped_files,
                 "timings": p.timings,
                 "sr": str(result.sr_path) if result.sr_path else None,
             }
@@ -366,7 +383,8 @@ def predict(
     )
     typer.echo(
         f"{result.slices} slices ({p.slices_used} used); {len(result.missing)} of {len(result.features)} "
-        f"clinical features missing (imputed)"
+        f"clinical features missing (imputed); labs from {result.labs_source}"
+        + (f"; {result.skipped_files} non-DICOM file(s) skipped" if result.skipped_files else "")
     )
     if result.labs_report is not None and result.labs_report.problems:
         for problem in result.labs_report.problems:
