@@ -8,9 +8,7 @@ for, so an accepted CT can always be turned into pixels by the worker.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from typing import Any
 
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -25,6 +23,7 @@ from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom.presentation import PresentationContext
 
 from listener.ingest import CT_SOP_CLASSES
+from listener.pynetdicom_internals import CheapCopyContext
 
 VERIFICATION = UID("1.2.840.10008.1.1")
 """Verification SOP Class (C-ECHO); pynetdicom generates its sop_class names at run time."""
@@ -35,20 +34,6 @@ _NATIVE = [
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 ]
-
-
-class _SharedContext(PresentationContext):
-    """A supported context that copies cheaply.
-
-    pynetdicom deep-copies every supported context for every association; with
-    all storage classes that costs tens of milliseconds per association. UIDs are
-    immutable, so a shallow copy with its own transfer-syntax list is equivalent.
-    """
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedContext:
-        clone = copy.copy(self)
-        clone._transfer_syntax = list(self._transfer_syntax)
-        return clone
 
 
 def decodable_transfer_syntaxes() -> list[UID]:
@@ -65,9 +50,9 @@ def decodable_transfer_syntaxes() -> list[UID]:
     return found
 
 
-def _shared(abstract_syntax: str, transfer_syntaxes: Sequence[str]) -> _SharedContext:
+def _shared(abstract_syntax: str, transfer_syntaxes: Sequence[str]) -> CheapCopyContext:
     built = build_context(abstract_syntax, list[str | UID](transfer_syntaxes))
-    context = _SharedContext()
+    context = CheapCopyContext()
     context.abstract_syntax = built.abstract_syntax
     context.transfer_syntax = list(built.transfer_syntax)
     return context
