@@ -6,6 +6,11 @@ the directory fsynced; then the Study, Series, Instance rows commit; only then
 does the sender hear 0x0000. A disk or database failure is 0xA700 (the sender
 retries later), bad data is 0xC000 with an ErrorComment, and nothing raises out
 of :meth:`Ingestor.store`.
+
+The order is kept, but each wait on the disk is overlapped with CPU work that
+does not depend on it: the header is parsed and checked while the file's data
+is flushed, and the rows are written (not committed) while the directory is
+flushed. Nothing commits before both flushes have returned.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import enum
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
 from sqlalchemy.engine import Connection, Engine
 
-from listener.dataset_check import UnreadableDataset, image_plane, read_header
+from listener.dataset_check import TooLarge, UnreadableDataset, image_plane, read_header
 from tace import phi
 from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, insert_ignore, table, utcnow
 from tace.dicom_header import study_datetime, text
@@ -41,6 +48,9 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC001
+DEFAULT_MAX_INSTANCE_BYTES = 2 * 1024**3
+FLUSH_THREADS = 16
+IN_ANOTHER_SERIES = "SOP Instance UID already stored in another series"
 
 
 class InstanceChange(enum.StrEnum):
@@ -96,16 +106,34 @@ def _int(dataset: Dataset, keyword: str) -> int | None:
         return None
 
 
+class InAnotherSeries(Exception):
+    """The SOP Instance UID is already stored in a different series (the first one is kept)."""
+
+
 class Ingestor:
-    """Turns received files into stored instances; one instance per call, thread-safe."""
+    """Turns received files into stored instances; one instance per call, thread-safe.
+
+    A SOP Instance UID names one instance everywhere: the same UID arriving in a
+    different series than the one it is stored in is refused (0xC000) and the
+    stored instance, its series and that series' job are left untouched. The
+    same UID in the same series with other bytes replaces the stored instance.
+    """
 
     def __init__(
-        self, engine: Engine, storage: Storage, *, min_free_bytes: int, default_issuer: str | None = None
+        self,
+        engine: Engine,
+        storage: Storage,
+        *,
+        min_free_bytes: int,
+        default_issuer: str | None = None,
+        max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
     ) -> None:
         self._engine = engine
         self._default_issuer = default_issuer
         self._storage = storage
         self._min_free_bytes = min_free_bytes
+        self._max_instance_bytes = max_instance_bytes
+        self._flusher = ThreadPoolExecutor(max_workers=FLUSH_THREADS, thread_name_prefix="flush")
         self._tables = {
             "study": table(Study),
             "series": table(Series),
@@ -151,11 +179,32 @@ class Ingestor:
         if self._storage.free_bytes() < self._min_free_bytes:
             log.error("store.low_disk", free_bytes=self._storage.free_bytes(), watermark=self._min_free_bytes)
             return Outcome(OUT_OF_RESOURCES, "storage below free-space watermark")
+        is_ct = sop_class_uid in CT_SOP_CLASSES
+        flushed = self._flusher.submit(_flush_and_hash, received) if is_ct else None
         try:
-            header = read_header(received)
+            outcome = self._check_and_keep(received, sop_class_uid, sop_instance_uid, is_ct, flushed, ledger)
+        finally:
+            if flushed is not None and not flushed.cancel():
+                flushed.exception()
+        return outcome
+
+    def _check_and_keep(
+        self,
+        received: Path,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        is_ct: bool,
+        flushed: Future[str] | None,
+        ledger: AssociationLedger,
+    ) -> Outcome:
+        try:
+            header = read_header(received, max_instance_bytes=self._max_instance_bytes, image=is_ct)
         except UnreadableDataset as exc:
             log.warning("store.unreadable", reason=str(exc), sop_class=sop_class_uid)
             return Outcome(CANNOT_UNDERSTAND, str(exc)[:64])
+        except TooLarge as exc:
+            log.warning("store.too_large", reason=str(exc), sop_class=sop_class_uid)
+            return Outcome(OUT_OF_RESOURCES, str(exc)[:64])
         ds = header.dataset
         try:
             sop_uid = check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
@@ -165,34 +214,54 @@ class Ingestor:
                 return Outcome(
                     DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the C-STORE request"
                 )
-            if sop_class_uid not in CT_SOP_CLASSES:
+            if not is_ct:
                 with ledger.lock:
                     ledger.discarded[sop_class_uid] += 1
                 metric("instances").labels(kind="other").inc()
                 return Outcome(SUCCESS)
+            if not header.has_pixels:
+                return Outcome(CANNOT_UNDERSTAND, "CT image without pixel data")
             study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
             series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         except InvalidUID as exc:
             return Outcome(CANNOT_UNDERSTAND, str(exc)[:64])
         phi.protect_dataset(ds)
         size = received.stat().st_size
+        assert flushed is not None, "CT instances are flushed from the start"
         try:
-            digest = self._make_durable(received)
+            digest = flushed.result()
             target = self._storage.instance_path(study_uid, series_uid, sop_uid)
-            created = self._place(received, target)
+            created, new_dirs = self._place(received, target)
         except OSError as exc:
             log.error("store.disk_error", error=str(exc), errno=exc.errno)
             return Outcome(OUT_OF_RESOURCES, f"storage error: {os.strerror(exc.errno or 5)}"[:64])
+        entry_flushed = self._flusher.submit(fsync_directory, target.parent)
         try:
             change = self._record(
-                ds, header.transfer_syntax, study_uid, series_uid, sop_uid, target, size, digest, ledger
+                ds,
+                header.transfer_syntax,
+                study_uid,
+                series_uid,
+                sop_uid,
+                target,
+                size,
+                digest,
+                ledger,
+                before_commit=entry_flushed.result,
             )
+        except InAnotherSeries:
+            log.warning("store.uid_in_another_series", series=series_uid, sop_instance=sop_uid)
+            self._unplace(target, created, new_dirs)
+            return Outcome(CANNOT_UNDERSTAND, IN_ANOTHER_SERIES)
+        except OSError as exc:
+            log.error("store.disk_error", error=str(exc), errno=exc.errno)
+            self._unplace(target, created, new_dirs)
+            return Outcome(OUT_OF_RESOURCES, f"storage error: {os.strerror(exc.errno or 5)}"[:64])
         except sa.exc.SQLAlchemyError as exc:
             ledger.close()
             log.error("store.database_error", error=str(getattr(exc, "orig", exc) or exc).splitlines()[0])
-            if created:
-                with contextlib.suppress(OSError):
-                    target.unlink()
+            entry_flushed.exception()
+            self._unplace(target, created, new_dirs)
             return Outcome(OUT_OF_RESOURCES, "database unavailable")
         with ledger.lock:
             ledger.stored += 1
@@ -203,31 +272,33 @@ class Ingestor:
             log.warning("store.instance_replaced", series=series_uid, sop_instance=sop_uid)
         return Outcome(SUCCESS, stored=change is not InstanceChange.unchanged)
 
-    def _make_durable(self, path: Path) -> str:
-        """Flush the staging file's data to disk and return its sha256 (read from the page cache).
+    def _place(self, staging: Path, target: Path) -> tuple[bool, list[Path]]:
+        """Atomic rename into place; new directories are fsynced into their parents.
 
-        fdatasync is enough here: the file's name becomes durable through the rename
-        and the directory fsync that follow.
+        Returns whether the file is new and which directories were made for it. The
+        caller makes the rename itself durable (fsync of the target's directory)
+        before anything refers to the file.
         """
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        return sha256_of(path)
-
-    def _place(self, staging: Path, target: Path) -> bool:
-        """Atomic rename into place; new directories are fsynced into their parents."""
         created = not target.exists()
         parent = target.parent
+        missing: list[Path] = []
         if not parent.is_dir():
             missing = [p for p in (parent.parent, parent) if not p.is_dir()]
             parent.mkdir(parents=True, exist_ok=True)
             for directory in missing:
                 fsync_directory(directory.parent)
         os.replace(staging, target)
-        fsync_directory(parent)
-        return created
+        return created, missing
+
+    def _unplace(self, target: Path, created: bool, new_dirs: list[Path]) -> None:
+        """Undo :meth:`_place` for an instance whose rows did not commit (never a replaced file)."""
+        if not created:
+            return
+        with contextlib.suppress(OSError):
+            target.unlink()
+        for directory in reversed(new_dirs):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
     def _record(
         self,
@@ -240,8 +311,15 @@ class Ingestor:
         size: int,
         digest: str,
         ledger: AssociationLedger,
+        *,
+        before_commit: Callable[[], object],
     ) -> InstanceChange:
-        """Commit the rows of one instance."""
+        """Commit the rows of one instance.
+
+        ``before_commit`` runs inside the transaction after the statements: what
+        the rows depend on (the file's name on disk) must be durable first, and if
+        it raises, nothing commits.
+        """
         now = utcnow()
         instance, link = self._tables["instance"], self._tables["link"]
         if ledger.connection is None:
@@ -272,9 +350,13 @@ class Ingestor:
             change = InstanceChange.added
             if not inserted:
                 previous = connection.execute(
-                    sa.select(instance.c.sha256).where(instance.c.sop_instance_uid == sop_uid)
-                ).scalar_one()
-                if previous == digest:
+                    sa.select(instance.c.sha256, instance.c.series_id).where(
+                        instance.c.sop_instance_uid == sop_uid
+                    )
+                ).one()
+                if previous.series_id != series_id:
+                    raise InAnotherSeries(sop_uid)
+                if previous.sha256 == digest:
                     change = InstanceChange.unchanged
                 else:
                     connection.execute(
@@ -298,6 +380,7 @@ class Ingestor:
                     link,
                     {"series_id": series_id, "association_id": ledger.association_id, "first_at": now},
                 )
+            before_commit()
         ledger.study_ids[study_uid] = study_id
         ledger.series_by_uid[series_uid] = series_id
         ledger.series_ids.add(series_id)
@@ -354,3 +437,17 @@ class Ingestor:
                 sa.select(series.c.id).where(series.c.series_instance_uid == series_uid)
             ).scalar_one()
         )
+
+
+def _flush_and_hash(path: Path) -> str:
+    """Flush the staging file's data to disk and return its sha256 (read from the page cache).
+
+    fdatasync is enough here: the file's name becomes durable through the rename
+    and the directory fsync that follow.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return sha256_of(path)

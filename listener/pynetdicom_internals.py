@@ -62,11 +62,6 @@ def set_poll_delay(assoc: Association, seconds: float) -> None:
     assoc.dul._run_loop_delay = seconds
 
 
-def connection_of(assoc: Association) -> socket.socket | None:
-    transport = assoc.dul.socket
-    return None if transport is None else transport.socket
-
-
 def install_reader(assoc: Association, reader: Reader) -> bool:
     """Make the DUL read PDUs through ``reader(sock, nbytes)`` instead of its own recv loop.
 

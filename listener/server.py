@@ -7,24 +7,27 @@ who connected, what they sent, how it ended, and why it was refused.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tempfile
 import threading
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom.config
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association as PynetdicomAssociation
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import Engine
 
+from listener import pynetdicom_internals as internals
+from listener.admission import Admission
 from listener.contexts import supported_contexts
 from listener.ingest import AssociationLedger, Ingestor
+from listener.pdu_reader import PduReader
+from listener.staging import Sweeper, own_folder
 from tace.db import Association, AssociationOutcome, session_scope, utcnow
 from tace.logging import get_logger, unit_of_work
 from tace.metrics import metric
@@ -35,31 +38,36 @@ from tace.tls import server_tls_context
 log = get_logger("tace.listener")
 
 REJECT_PERMANENT = 0x01
+REJECT_TRANSIENT = 0x02
 SOURCE_SERVICE_USER = 0x01
+SOURCE_PRESENTATION = 0x03
 REASON_NONE = 0x01
+REASON_LOCAL_LIMIT = 0x02
 REASON_CALLING_AE = 0x03
 REASON_CALLED_AE = 0x07
+REJECT_AT_ACCEPT = bytes([0x03, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, REJECT_PERMANENT, SOURCE_SERVICE_USER, 1])
+"""A-ASSOCIATE-RJ (permanent, service user, no reason given) sent before the request is read."""
 DUL_POLL_SECONDS = 0.0001
 UNLIMITED_PDU_CAP = 64 * 1024 * 1024
 PDU_SLACK = 64 * 1024
 
 
-def tune_pynetdicom(staging_dir: Path) -> None:
-    """Process-wide settings for a listener process (not for a process that does other work).
+def tune_process(staging_dir: Path) -> None:
+    """Process-wide settings for a receiving process (not for a process that does other work).
 
-    Received datasets stream to a file in our staging dir instead of memory (bounded
-    memory for huge instances; the file is renamed into place, never copied);
-    pynetdicom's per-PDU debug handlers and pydicom's value validation are off (we
-    validate the UIDs that matter ourselves); sockets reuse the port so several
-    listener processes can share it.
+    Received datasets stream to a file in this process's staging folder instead of
+    memory (bounded memory for huge instances; the file is renamed into place,
+    never copied); pynetdicom's per-PDU debug handlers and pydicom's value
+    validation are off (we validate the UIDs that matter ourselves). Refuses to run
+    on a pynetdicom whose internals were not checked.
     """
-    staging_dir.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(staging_dir)
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    _config.LOG_HANDLER_LEVEL = "none"
+    internals.check_version()
+    folder = own_folder(staging_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(folder)
+    internals.configure_receiving_process()
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-    ThreadedAssociationServer.allow_reuse_port = True
 
 
 def _ae_titles(event: evt.Event) -> tuple[str, str]:
@@ -95,22 +103,37 @@ class Listener:
             self._storage,
             min_free_bytes=settings.min_free_bytes,
             default_issuer=settings.default_issuer,
+            max_instance_bytes=settings.dicom_max_instance_bytes,
         )
         self._open: weakref.WeakKeyDictionary[PynetdicomAssociation, _Open] = weakref.WeakKeyDictionary()
+        self._refused: weakref.WeakSet[PynetdicomAssociation] = weakref.WeakSet()
+        self._closed: weakref.WeakSet[PynetdicomAssociation] = weakref.WeakSet()
+        self._handling: set[Path] = set()
         self._lock = threading.Lock()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: internals.SharedPortServer | None = None
         self._tls = server_tls_context(
             settings.dicom_tls_cert,
             settings.dicom_tls_key,
             settings.dicom_tls_ca,
             settings.dicom_tls_require_client_cert,
         )
+        self._admission = Admission(
+            slots=settings.dicom_max_associations,
+            networks=settings.allowed_peer_networks,
+            on_outside=self._record_outside,
+        )
+        self._sweeper = Sweeper(
+            self._storage.staging_dir,
+            self._live_staging,
+            interval_seconds=min(max(settings.dicom_network_timeout, 1.0), 60.0),
+            orphan_after_seconds=2 * settings.dicom_network_timeout + 60,
+        )
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
         s = self._settings
         ae = AE(ae_title=s.ae_title)
-        ae.maximum_associations = s.dicom_max_associations
+        ae.maximum_associations = s.dicom_max_associations + self._admission.max_pending
         ae.maximum_pdu_size = s.dicom_max_pdu
         ae.acse_timeout = s.dicom_acse_timeout
         ae.dimse_timeout = s.dicom_dimse_timeout
@@ -118,7 +141,7 @@ class Listener:
         ae.require_called_aet = False
         return ae
 
-    def start(self) -> ThreadedAssociationServer:
+    def start(self) -> internals.SharedPortServer:
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -128,15 +151,18 @@ class Listener:
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_CONN_OPEN, self._on_connection),
         ]
-        server = self.ae.start_server(
+        server = internals.start_server(
+            self.ae,
             (self._settings.bind_host, self._settings.dicom_port),
-            block=False,
+            contexts=supported_contexts(),
             evt_handlers=handlers,
             ssl_context=self._tls,
-            contexts=supported_contexts(),
+            gate=self._admission,
+            handshake_seconds=self._settings.dicom_acse_timeout,
+            reject_pdu=REJECT_AT_ACCEPT,
         )
-        assert server is not None
         self._server = server
+        self._sweeper.start()
         log.info(
             "listener.started",
             ae_title=self._settings.ae_title,
@@ -147,9 +173,17 @@ class Listener:
         return server
 
     def stop(self) -> None:
+        self._sweeper.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def _live_staging(self) -> Iterable[Path]:
+        with self._lock:
+            live = set(self._handling)
+        for assoc in self.ae.active_associations:
+            live.update(internals.staging_files(assoc))
+        return live
 
     # --- association lifecycle -----------------------------------------------------
 
@@ -159,58 +193,51 @@ class Listener:
         * Poll every 0.1 ms instead of 1 ms: storescu and most PACS wait for each
           C-STORE response before sending the next instance, so this latency is
           paid once per instance (pynetdicom documents the delay as the knob).
-        * A socket timeout: pynetdicom reads a whole PDU in a blocking loop, so a
-          peer that announces a length and then stalls would hold the connection
-          (and an association slot) forever; with the timeout it is closed.
+        * PDUs are read under deadlines for the whole request, PDU and message
+          (:mod:`listener.pdu_reader`), so a peer that drips holds nothing for long.
         * A PDU larger than our maximum (plus header) is refused before it is
           buffered, so a peer cannot make us hold gigabytes in memory.
         """
-        dul = event.assoc.dul
-        dul._run_loop_delay = DUL_POLL_SECONDS
-        transport = dul.socket
-        if transport is None or transport.socket is None:
-            return
-        transport.socket.settimeout(self._settings.dicom_network_timeout)
-        limit = (self._settings.dicom_max_pdu or UNLIMITED_PDU_CAP) + PDU_SLACK
-        read = transport.recv
-
-        def bounded_recv(nr_bytes: int) -> bytearray:
-            if nr_bytes > limit:
-                raise OSError(f"PDU of {nr_bytes} bytes exceeds the {limit}-byte limit")
-            return read(nr_bytes)
-
-        transport.recv = bounded_recv  # type: ignore[method-assign]  # cap each PDU before pynetdicom buffers it
+        s = self._settings
+        internals.set_poll_delay(event.assoc, DUL_POLL_SECONDS)
+        reader = PduReader(
+            max_pdu=(s.dicom_max_pdu or UNLIMITED_PDU_CAP) + PDU_SLACK,
+            negotiation_seconds=s.dicom_acse_timeout,
+            pdu_seconds=s.dicom_network_timeout,
+            message_grace_seconds=s.dicom_dimse_timeout,
+        )
+        internals.install_reader(event.assoc, reader)
 
     def _peer(self, event: evt.Event) -> tuple[str, int | None]:
         info = event.assoc.requestor
         return str(info.address or "?"), info.port
 
     def _refusal(self, event: evt.Event) -> tuple[int, str] | None:
+        """AE-title checks; the peer's network was checked when the connection was accepted."""
         settings = self._settings
-        host, _ = self._peer(event)
         calling, called = _ae_titles(event)
-        if settings.allowed_peer_networks:
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                return REASON_NONE, f"peer address {host} is not an IP address"
-            if not any(address in network for network in settings.allowed_peer_networks):
-                return REASON_NONE, f"peer {host} is not in the allowed networks"
         if settings.allowed_calling_aets and calling not in settings.allowed_calling_aets:
             return REASON_CALLING_AE, f"calling AE title {calling!r} is not allowed"
         if called != settings.ae_title:
             return REASON_CALLED_AE, f"called AE title {called!r} is not {settings.ae_title!r}"
         return None
 
+    def _record_outside(self, host: str, port: int) -> None:
+        self._record(host, port, "", "", f"peer {host} is not in the allowed networks")
+
     def _record_rejection(self, event: evt.Event, reason: str) -> None:
         host, port = self._peer(event)
         calling, called = _ae_titles(event)
+        metric("associations").labels(outcome="rejected").inc()
+        self._record(host, port, calling[:16], called[:16], reason)
+
+    def _record(self, host: str, port: int | None, calling: str, called: str, reason: str) -> None:
         row = Association(
             listener=self._identity,
             peer_host=host,
             peer_port=port,
-            calling_ae=calling[:16],
-            called_ae=called[:16],
+            calling_ae=calling,
+            called_ae=called,
             tls=self._tls is not None,
             outcome=AssociationOutcome.rejected,
             reason=reason,
@@ -222,22 +249,31 @@ class Listener:
                 session.add(row)
         except Exception:
             log.exception("association.record_failed")
-        metric("associations").labels(outcome="rejected").inc()
-        log.warning("association.rejected", peer=host, calling_ae=row.calling_ae, reason=reason)
+        log.warning("association.rejected", peer=host, calling_ae=calling, reason=reason)
+
+    def _refuse(self, event: evt.Event, reason: str, result: int, source: int, diagnostic: int) -> None:
+        with self._lock:
+            self._refused.add(event.assoc)
+        self._record_rejection(event, reason)
+        internals.send_reject(event.assoc, result, source, diagnostic)
 
     def _on_requested(self, event: evt.Event) -> None:
         refusal = self._refusal(event)
-        if refusal is None:
+        if refusal is not None:
+            diagnostic, reason = refusal
+            self._refuse(event, reason, REJECT_PERMANENT, SOURCE_SERVICE_USER, diagnostic)
             return
-        diagnostic, reason = refusal
-        event.assoc._tace_rejection_recorded = True  # type: ignore[attr-defined]  # marks our own refusal for EVT_REJECTED
-        self._record_rejection(event, reason)
-        event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, diagnostic)
-        event.assoc.kill()
+        host, port = self._peer(event)
+        if not self._admission.take_slot(host, port or 0):
+            self._refuse(
+                event, "too many associations", REJECT_TRANSIENT, SOURCE_PRESENTATION, REASON_LOCAL_LIMIT
+            )
 
     def _on_rejected(self, event: evt.Event) -> None:
-        if not getattr(event.assoc, "_tace_rejection_recorded", False):
-            self._record_rejection(event, "too many associations")
+        with self._lock:
+            ours = event.assoc in self._refused
+        if not ours:
+            self._record_rejection(event, "refused in negotiation (unsupported protocol or context)")
 
     def _on_accepted(self, event: evt.Event) -> None:
         host, port = self._peer(event)
@@ -260,11 +296,14 @@ class Listener:
                 row_id = row.id
         except Exception:
             log.exception("association.record_failed")
+        state = _Open(AssociationLedger(association_id=row_id, calling_ae=calling), row_id)
         with self._lock:
-            self._open[event.assoc] = _Open(
-                AssociationLedger(association_id=row_id, calling_ae=calling), row_id
-            )
+            closed = event.assoc in self._closed
+            if not closed:
+                self._open[event.assoc] = state
         log.info("association.accepted", association_id=row_id, peer=host, calling_ae=calling)
+        if closed:
+            self._finish(event.assoc, state)
 
     def _on_echo(self, event: evt.Event) -> int:
         return 0x0000
@@ -280,24 +319,39 @@ class Listener:
             path = Path(event.dataset_path)
         except AttributeError:
             return _status(0xC001, "listener not configured for streamed datasets")
-        with unit_of_work(association_id=state.row_id):
-            outcome = self._ingestor.store(
-                path,
-                sop_class_uid=str(request.AffectedSOPClassUID),
-                sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                ledger=state.ledger,
-            )
+        with self._lock:
+            self._handling.add(path)
+        try:
+            with unit_of_work(association_id=state.row_id):
+                outcome = self._ingestor.store(
+                    path,
+                    sop_class_uid=str(request.AffectedSOPClassUID),
+                    sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                    ledger=state.ledger,
+                )
+        finally:
+            with self._lock:
+                self._handling.discard(path)
         return _status(outcome.status, outcome.comment)
 
     def _on_closed(self, event: evt.Event) -> None:
+        """Every connection ends here: its slot is freed and nothing it left in staging survives."""
+        host, port = self._peer(event)
+        self._admission.release(host, port or 0)
+        discarded = internals.discard_staging(event.assoc)
+        if discarded:
+            log.info("association.partial_discarded", files=len(discarded))
         with self._lock:
+            self._closed.add(event.assoc)
             state = self._open.pop(event.assoc, None)
-        if state is None:
-            return
+        if state is not None:
+            self._finish(event.assoc, state)
+
+    def _finish(self, assoc: PynetdicomAssociation, state: _Open) -> None:
+        """Write how the association ended (the connection may close before EVT_ACCEPTED is done)."""
         state.ledger.close()
         if state.row_id is None:
             return
-        assoc = event.assoc
         outcome = AssociationOutcome.released if assoc.is_released else AssociationOutcome.aborted
         ledger = state.ledger
         try:

@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     dicom_acse_timeout: float = Field(default=30.0, gt=0)
     dicom_dimse_timeout: float = Field(default=60.0, gt=0)
     dicom_network_timeout: float = Field(default=120.0, gt=0)
+    dicom_max_instance_bytes: int = Field(default=2 * 1024**3, ge=1024**2)
     allowed_peer_networks: Annotated[list[Network], NoDecode] = Field(default_factory=list)
     dicom_tls_cert: Path | None = None
     dicom_tls_key: Path | None = None

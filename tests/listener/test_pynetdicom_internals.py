@@ -180,7 +180,6 @@ def test_the_reader_the_poll_delay_and_send_reject_act_on_the_association() -> N
     def on_open(event: evt.Event) -> None:
         internals.set_poll_delay(event.assoc, 0.0002)
         delays.append(event.assoc.dul._run_loop_delay)
-        assert internals.connection_of(event.assoc) is not None
         assert internals.install_reader(event.assoc, reader)
 
     def on_requested(event: evt.Event) -> None:

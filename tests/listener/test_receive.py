@@ -169,6 +169,9 @@ def test_disallowed_calling_ae_and_peer_network_get_proper_rejections(start_list
     refused = outside.associate("127.0.0.1", fenced.port, ae_title="TACE")
     assert refused.is_rejected
     assert (refused.acceptor.primitive.result, refused.acceptor.primitive.diagnostic) == (0x01, 0x01)
+    wait_until(
+        lambda: len(_rows(fenced, Association, outcome="rejected")) == 3, 10, what="the refusal at accept"
+    )
     reasons = sorted(r.reason for r in _rows(fenced, Association, outcome="rejected"))
     assert reasons == [
         "called AE title 'NOTTACE' is not 'TACE'",
@@ -409,3 +412,32 @@ def test_a_spawned_receiver_hashes_patients_with_the_parents_key(
     phi.load_hash_key(data_dir)
     (study,) = _rows(listener, Study)
     assert study.patient_hash == phi.patient_hash("SYN0001", "HOSP")
+
+
+def test_an_instance_uid_already_in_another_series_is_refused_and_the_first_series_kept(
+    ct_series, start_listener
+) -> None:
+    """Issue 15 item 8: the row moved to the second series and the first series' job failed with a gap."""
+    listener = start_listener()
+    first_files = ct_series(slices=16, rows=32, columns=32, seed=21)
+    first = [pydicom.dcmread(p) for p in first_files]
+    assert all(s.Status == 0 for s in send_datasets(listener.port, first))
+    (other,) = ct_series(slices=1, rows=32, columns=32, seed=21, series_number=9)
+    intruder = pydicom.dcmread(other)
+    assert intruder.StudyInstanceUID == first[0].StudyInstanceUID
+    assert intruder.SeriesInstanceUID != first[0].SeriesInstanceUID
+    intruder.SOPInstanceUID = intruder.file_meta.MediaStorageSOPInstanceUID = first[3].SOPInstanceUID
+    (status,) = send_datasets(listener.port, [intruder])
+    assert status.Status == 0xC000
+    assert status.ErrorComment == "SOP Instance UID already stored in another series"
+
+    uid = str(first[0].SeriesInstanceUID)
+    wait_until(lambda: _series_state(listener, uid) == "complete", 15, what="the first series to complete")
+    (series,) = _rows(listener, Series)
+    assert (series.series_instance_uid, series.instance_count) == (uid, 16)
+    rows = _rows(listener, Instance)
+    assert len(rows) == 16 and {r.series_id for r in rows} == {series.id}
+    kept = _rows(listener, Instance, sop_instance_uid=str(first[3].SOPInstanceUID))[0]
+    assert _dataset_bytes(listener.data_dir / kept.path) == _dataset_bytes(first_files[3])
+    assert not (listener.data_dir / "dicom" / first[0].StudyInstanceUID / intruder.SeriesInstanceUID).exists()
+    assert len(_rows(listener, Job)) == 1

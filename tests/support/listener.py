@@ -39,10 +39,11 @@ class ListenerProcess:
             self._engine = make_engine(self.database_url)
         return self._engine
 
-    def start(self) -> ListenerProcess:
+    def start(self, *, wait: bool = True) -> ListenerProcess:
         env = tace_env(data_dir=self.data_dir, dicom_port=self.port, **self.settings)
         self.process = spawn(tace_command("listen"), env, self.log)
-        wait_for_port(self.port, timeout=30)
+        if wait:
+            wait_for_port(self.port, timeout=30)
         return self
 
     def stop(self) -> int:
