@@ -1,6 +1,6 @@
-"""Listener ingest throughput against DCMTK storescp; same as `tace bench ingest`.
+"""Listener ingest against a bare pynetdicom write+fsync SCP and DCMTK storescp; same as `tace bench ingest`.
 
-python benchmarks/bench_ingest.py [--parallel 1,2,4] [--processes 1,2] [--rounds 3]
+python benchmarks/bench_ingest.py [--parallel 1,2] [--processes 1,2] [--rounds 3] [--slices 100]
 """
 
 from tace.app.cli import main
