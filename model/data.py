@@ -1,49 +1,66 @@
 """Training data: the manifest CSV and the volumes it points at.
 
-A manifest has one row per case: ``case_id``, ``label`` and ``volume`` (a cached
+A manifest has one row per case: ``case_id``, ``label``, ``volume`` (a cached
 ``.npy``/``.npz`` HU volume, or a DICOM series folder that the caller's loader
-reads), then one column per schema feature. Every bad row is reported with its
-line number before any training starts.
+reads; not needed for clinical-only models), then one column per schema feature
+it has values for. A header ``name[unit]`` gives that column's unit; values are
+converted to the schema's canonical unit by the caller's unit table (the clinical
+feed's), so centimetres never pass as millimetres. ``NA``, ``.`` and empty cells
+are missing. A ``synthetic`` column marks generated cases. Labels are mRECIST
+(CR, PR, SD, PD) or the two class names; numeric codes only with the value that
+means progressive disease named, because sites code it both ways round. Every
+problem is reported, one per line with its line, column and value, before any
+training starts.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from model.config import CLASS_NAMES
-from model.schema import FeatureSchema, SchemaError
+from model.schema import FeatureKind, FeatureSchema, FeatureValueError, SchemaError
 
 VolumeLoader = Callable[[Path], np.ndarray]
 
+UnitConverter = Callable[[str, float, str], float]
+"""``(feature, value, unit)`` -> the value in the feature's canonical unit.
+
+Raises ``ValueError`` saying why when the unit is unknown for that feature."""
+
 LABELS = {
-    CLASS_NAMES[1]: 1,
-    "control": 1,
-    "dc": 1,
     "cr": 1,
     "pr": 1,
     "sd": 1,
-    "1": 1,
-    CLASS_NAMES[0]: 0,
-    "progressive": 0,
+    CLASS_NAMES[1]: 1,
     "pd": 0,
-    "0": 0,
+    CLASS_NAMES[0]: 0,
 }
 """Disease control is CR, PR or SD (mRECIST); progressive disease is PD."""
 
-_REQUIRED = ("case_id", "label", "volume")
+ACCEPTED_LABELS = f"CR, PR, SD, PD, {CLASS_NAMES[1]} or {CLASS_NAMES[0]}"
+MISSING = frozenset({"", "na", "n/a", ".", "nan"})
+"""Cell values that mean "not measured"."""
+
+SYNTHETIC_COLUMN = "synthetic"
+_RESERVED = ("case_id", "label", "volume", SYNTHETIC_COLUMN)
+_UNIT_HEADER = re.compile(r"^(?P<name>[^\[\]]+?)\s*\[(?P<unit>[^\[\]]*)\]$")
+_YES = frozenset({"yes", "y", "true", "1"})
+_NO = frozenset({"no", "n", "false", "0", ""})
 
 
 class ManifestError(ValueError):
-    """Problems in a manifest, one line each, with line numbers."""
+    """Problems in a manifest, one per line, each with its line number, column and value."""
 
     def __init__(self, path: Path, problems: list[str]) -> None:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        super().__init__(f"{path}: " + "; ".join(shown))
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{path}: {count}\n" + "\n".join(f"  {p}" for p in problems))
         self.problems = problems
 
 
@@ -51,55 +68,235 @@ class ManifestError(ValueError):
 class ManifestCase:
     case_id: str
     label: int
-    volume: Path
+    volume: Path | None
     clinical: dict[str, object]
     line: int
 
 
-def read_manifest(path: Path, schema: FeatureSchema) -> list[ManifestCase]:
+@dataclass(frozen=True)
+class Manifest:
+    """The cases of a manifest and what a checkpoint must record about where they came from."""
+
+    path: Path
+    cases: list[ManifestCase]
+    sha256: str
+    synthetic: bool
+    columns: list[str]
+    units: dict[str, str] = field(default_factory=dict)
+    positive_label: str | None = None
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        return {
+            name: sum(1 for c in self.cases if c.label == index) for index, name in enumerate(CLASS_NAMES)
+        }
+
+    def provenance(self) -> dict[str, object]:
+        return {
+            "manifest": str(self.path),
+            "manifest_sha256": self.sha256,
+            "cases": len(self.cases),
+            "class_counts": self.class_counts,
+            "synthetic": self.synthetic,
+            "feature_columns": self.columns,
+            "units": self.units,
+            **({"positive_label": self.positive_label} if self.positive_label is not None else {}),
+        }
+
+
+@dataclass(frozen=True)
+class _Column:
+    header: str
+    feature: str
+    unit: str | None
+
+
+def _feature_columns(
+    header: list[str], schema: FeatureSchema, units: UnitConverter | None, problems: list[str]
+) -> list[_Column]:
+    columns: list[_Column] = []
+    known = set(schema.names)
+    for raw in header:
+        text = raw.strip()
+        if text in _RESERVED:
+            continue
+        match = _UNIT_HEADER.match(text)
+        name, unit = (match["name"].strip(), match["unit"].strip()) if match else (text, None)
+        if name not in known:
+            problems.append(f"column {raw!r}: not a feature of schema {schema.name}")
+            continue
+        if any(c.feature == name for c in columns):
+            problems.append(f"column {raw!r}: feature {name} has more than one column")
+            continue
+        spec = schema.feature(name)
+        if unit is not None:
+            if spec.kind is not FeatureKind.continuous:
+                problems.append(f"column {raw!r}: {name} is a coded feature and takes no unit")
+                continue
+            if unit != (spec.unit or ""):
+                if units is None:
+                    problems.append(
+                        f"column {raw!r}: unit {unit!r} is not the schema's {spec.unit!r} "
+                        "and no unit table was given to convert it"
+                    )
+                    continue
+                try:
+                    units(name, 1.0, unit)
+                except ValueError as exc:
+                    problems.append(f"column {raw!r}: {exc}")
+                    continue
+            else:
+                unit = None
+        columns.append(_Column(raw, name, unit))
+    return columns
+
+
+def _cell(row: dict[str, str | None], header: str) -> str:
+    return (row.get(header) or "").strip()
+
+
+def _value(column: _Column, text: str, schema: FeatureSchema, units: UnitConverter | None) -> object:
+    """The canonical value of one cell; raises ``SchemaError`` or ``ValueError`` with the reason."""
+    if text.lower() in MISSING:
+        return None
+    spec = schema.feature(column.feature)
+    value: object = text
+    if column.unit is not None and units is not None:
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        value = units(column.feature, number, column.unit)
+    try:
+        spec.to_number(value)
+    except SchemaError as exc:
+        reason = exc.detail if isinstance(exc, FeatureValueError) else str(exc)
+        if spec.kind is FeatureKind.binary:
+            reason += f" (accepted: {spec.accepted_values()})"
+        if column.unit is not None:
+            reason += f" after converting {text} {column.unit}"
+        raise ValueError(reason) from None
+    return value
+
+
+class _Labels:
+    """Maps label cells to classes; numeric codes need the value that means progression."""
+
+    def __init__(self, positive_label: str | None) -> None:
+        self.positive = positive_label.strip().lower() if positive_label is not None else None
+        self.other: str | None = None
+
+    def __call__(self, text: str) -> int:
+        lowered = text.strip().lower()
+        if lowered in LABELS:
+            return LABELS[lowered]
+        if self.positive is None:
+            if _is_number(lowered):
+                raise ValueError(
+                    "numeric labels are ambiguous: name the value that codes progressive disease "
+                    "(--positive-label)"
+                )
+            raise ValueError(f"expected {ACCEPTED_LABELS}")
+        if lowered == self.positive:
+            return 0
+        if self.other is None:
+            self.other = lowered
+        if lowered == self.other:
+            return 1
+        raise ValueError(
+            f"with {self.positive!r} coding progressive disease and {self.other!r} disease control, "
+            f"a third code is not allowed (or use {ACCEPTED_LABELS})"
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_manifest(
+    path: Path,
+    schema: FeatureSchema,
+    *,
+    needs_volume: bool = True,
+    units: UnitConverter | None = None,
+    positive_label: str | None = None,
+) -> Manifest:
+    """Every case of ``path``, or a ``ManifestError`` listing every problem.
+
+    ``needs_volume``: False for clinical-only models, which never read a volume.
+    ``units``: converts ``name[unit]`` columns; without it only canonical units pass.
+    ``positive_label``: the label value that codes progressive disease, for numeric labels.
+    """
     if not path.is_file():
         raise ManifestError(path, ["no such file"])
+    raw = path.read_bytes()
     problems: list[str] = []
     cases: list[ManifestCase] = []
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        absent = [c for c in _REQUIRED if c not in header]
-        if absent:
-            raise ManifestError(path, [f"missing column(s) {', '.join(absent)}"])
-        unknown = schema.check_names([c for c in header if c not in _REQUIRED])
-        if unknown:
-            problems.append(f"columns not in schema {schema.name}: {', '.join(unknown)}")
-        seen: set[str] = set()
-        for line, row in enumerate(reader, start=2):
-            case_id = (row.get("case_id") or "").strip()
-            if not case_id:
-                problems.append(f"line {line}: empty case_id")
-                continue
-            if case_id in seen:
-                problems.append(f"line {line}: duplicate case_id {case_id!r}")
-            seen.add(case_id)
-            label = LABELS.get((row.get("label") or "").strip().lower())
-            if label is None:
-                problems.append(
-                    f"line {line}: label {row.get('label')!r} is not disease control or progressive"
-                )
-            volume = (path.parent / (row.get("volume") or "").strip()).resolve()
-            if not (row.get("volume") or "").strip() or not volume.exists():
-                problems.append(f"line {line}: volume {row.get('volume')!r} does not exist")
-            clinical = {name: row.get(name) for name in schema.names}
-            for name, value in clinical.items():
-                try:
-                    schema.feature(name).to_number(value)
-                except SchemaError as exc:
-                    problems.append(f"line {line}: {exc}")
-            if label is not None:
-                cases.append(ManifestCase(case_id, label, volume, clinical, line))
+    synthetic = False
+    labels = _Labels(positive_label)
+    reader = csv.DictReader(raw.decode("utf-8-sig", errors="replace").splitlines())
+    header = list(reader.fieldnames or [])
+    required = ("case_id", "label", "volume") if needs_volume else ("case_id", "label")
+    absent = [c for c in required if c not in header]
+    if absent:
+        hint = " (image models read one volume per case)" if "volume" in absent else ""
+        raise ManifestError(path, [f"line 1: missing column(s) {', '.join(absent)}{hint}"])
+    columns = _feature_columns(header, schema, units, problems)
+    seen: set[str] = set()
+    label_values: set[str] = set()
+    for line, row in enumerate(reader, start=2):
+        case_id = _cell(row, "case_id")
+        if not case_id:
+            problems.append(f"line {line}, column case_id: empty")
+            continue
+        if case_id in seen:
+            problems.append(f"line {line}, column case_id, value {case_id!r}: duplicate case_id")
+        seen.add(case_id)
+        label: int | None = None
+        label_values.add(_cell(row, "label").lower())
+        try:
+            label = labels(_cell(row, "label"))
+        except ValueError as exc:
+            problems.append(f"line {line}, column label, value {_cell(row, 'label')!r}: {exc}")
+        volume: Path | None = None
+        if needs_volume:
+            given = _cell(row, "volume")
+            volume = (path.parent / given).resolve()
+            if not given or not volume.exists():
+                problems.append(f"line {line}, column volume, value {given!r}: does not exist")
+        marker = _cell(row, SYNTHETIC_COLUMN).lower()
+        if marker in _YES:
+            synthetic = True
+        elif marker not in _NO:
+            problems.append(f"line {line}, column {SYNTHETIC_COLUMN}, value {marker!r}: expected yes or no")
+        clinical: dict[str, object] = {name: None for name in schema.names}
+        for column in columns:
+            cell = _cell(row, column.header)
+            try:
+                clinical[column.feature] = _value(column, cell, schema, units)
+            except ValueError as exc:
+                problems.append(f"line {line}, column {column.header}, value {cell!r}: {exc}")
+        if label is not None:
+            cases.append(ManifestCase(case_id, label, volume, clinical, line))
+    if labels.positive is not None and labels.positive not in label_values:
+        problems.append(f"column label: no row has the value {positive_label!r} given as progressive disease")
     if problems:
         raise ManifestError(path, problems)
     if len({c.label for c in cases}) < 2:
-        raise ManifestError(path, ["needs cases of both classes"])
-    return cases
+        raise ManifestError(path, ["column label: needs cases of both classes"])
+    return Manifest(
+        path=path,
+        cases=cases,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        synthetic=synthetic,
+        columns=[c.feature for c in columns],
+        units={c.feature: c.unit for c in columns if c.unit is not None},
+        positive_label=positive_label,
+    )
 
 
 def load_cached_volume(path: Path) -> np.ndarray:

@@ -120,6 +120,20 @@ class FeatureSpec:
         """Inside the range that is physically possible for this feature (no range: always)."""
         return self.valid_range is None or self.valid_range[0] <= value <= self.valid_range[1]
 
+    def accepted_values(self) -> str:
+        """What ``to_number`` takes for this feature, in words, for messages that list it."""
+        if self.kind is FeatureKind.continuous:
+            span = f" in {self.valid_range[0]:g}..{self.valid_range[1]:g}" if self.valid_range else ""
+            return f"a number{span}{f' {self.unit}' if self.unit else ''}"
+        assert self.kind is FeatureKind.binary or self.categories is not None
+        if self.kind is FeatureKind.binary:
+            coded = f"{self.categories[0]} or {self.categories[1]}, " if self.categories else ""
+            return coded + "yes/no, y/n, true/false, 1/0, positive/negative, present/absent"
+        listed = ", ".join(self.categories or ())
+        if self.kind is FeatureKind.ordinal:
+            return f"{listed} (or 0..{len(self.categories or ()) - 1})"
+        return listed
+
     def _binary(self, value: object) -> int:
         if self.categories is not None and str(value) in self.categories:
             return self.categories.index(str(value))

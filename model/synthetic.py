@@ -1,21 +1,31 @@
-"""A synthetic cohort with a planted signal in both modalities.
+"""Synthetic cohorts: nothing here resembles real patients.
 
-Used by the tests and by the demo checkpoint: nothing here resembles real
-patients. Each case has an image latent ``a`` (tumour enhancement and size) and
-a clinical latent ``b`` (AFP, liver function, stage); disease control is
-``a + b + noise > 0``. Either modality alone explains part of the outcome, so a
-model that fuses both should beat the image-only and clinical-only variants.
+``make_cohort`` plants a signal in both modalities. Each case has an image latent
+``a`` (tumour enhancement and size) and a clinical latent ``b`` (AFP, liver
+function, stage); disease control is ``a + b + noise > 0``. Either modality alone
+explains part of the outcome, so a model that fuses both should beat the
+image-only and clinical-only variants. Used by the tests and the demo checkpoint.
+
+``make_clinical_table`` is shaped like the clinical tables sites actually have:
+about a hundred patients, few progressions, a dozen weakly informative columns
+with some values missing, and no images. It is what an honest training pipeline
+must not overfit.
+
+Every manifest written here carries a ``synthetic`` column, so a model trained on
+it is always flagged as a demo model.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model.config import CLASS_NAMES
+from model.data import SYNTHETIC_COLUMN
 from model.schema import FeatureKind, FeatureSchema
 
 
@@ -23,7 +33,7 @@ from model.schema import FeatureKind, FeatureSchema
 class SyntheticCase:
     case_id: str
     label: int
-    volume_hu: np.ndarray
+    volume_hu: np.ndarray | None
     clinical: dict[str, object]
     image_latent: float
     clinical_latent: float
@@ -135,24 +145,126 @@ def make_cohort(
     return cases
 
 
-def write_cohort(cases: list[SyntheticCase], directory: Path, schema: FeatureSchema | None = None) -> Path:
-    """Volumes as ``.npy`` and a manifest CSV as `tace train` reads it; returns the manifest."""
+_TABLE_CONTINUOUS: tuple[tuple[str, float, float, float, bool], ...] = (
+    # feature, centre, spread, direction in progression (+1 higher, -1 lower), log-normal
+    ("afp", 2.0, 0.9, +1, True),
+    ("albumin", 3.6, 0.45, -1, False),
+    ("total_bilirubin", 0.0, 0.4, +1, True),
+    ("platelets", 150.0, 55.0, -1, False),
+    ("inr", 1.15, 0.12, +1, False),
+    ("creatinine", 0.9, 0.22, +1, False),
+    ("largest_tumour_diameter", np.log(45.0), 0.45, +1, True),
+)
+CLINICAL_TABLE_COLUMNS = (
+    *(name for name, *_ in _TABLE_CONTINUOUS),
+    "tumour_count",
+    "bclc_stage",
+    "ascites",
+    "portal_vein_thrombus",
+    "sex",
+)
+"""The dozen columns of ``make_clinical_table``; every other schema feature is absent."""
+
+
+def make_clinical_table(
+    n: int = 96,
+    *,
+    progression_rate: float = 0.0625,
+    effect: float = 0.3,
+    missing_rate: float = 0.08,
+    seed: int = 0,
+) -> list[SyntheticCase]:
+    """``n`` clinical-only cases, ``round(n * progression_rate)`` of them progressive.
+
+    Each informative column is shifted by ``effect`` of its spread in the
+    progressive cases (a standardized mean difference), so the columns together
+    separate the classes only moderately and each alone barely; ``sex`` carries no
+    signal. Values are missing completely at random at ``missing_rate``.
+    """
+    if not 0.0 < progression_rate < 1.0:
+        raise ValueError(f"progression_rate must be between 0 and 1, got {progression_rate}")
+    progressions = round(n * progression_rate)
+    if progressions < 1 or progressions >= n:
+        raise ValueError(f"{n} cases at rate {progression_rate} leave a class empty")
+    rng = np.random.default_rng(seed)
+    labels = np.ones(n, dtype=int)
+    labels[rng.choice(n, size=progressions, replace=False)] = 0
+    cases = []
+    for index, label in enumerate(labels.tolist()):
+        shift = effect * (1 - label)
+        values: dict[str, object] = {}
+        for name, centre, spread, direction, log_normal in _TABLE_CONTINUOUS:
+            draw = centre + spread * (rng.normal() + direction * shift)
+            number = float(np.exp(draw)) if log_normal else draw
+            if name == "afp":
+                number = float(10**draw)
+            values[name] = round(number, 3 if number < 100 else 1)
+        values["platelets"] = max(float(values["platelets"]), 20.0)  # type: ignore[arg-type]
+        values["tumour_count"] = int(1 + rng.poisson(1.2 * (1 + 0.5 * shift)))
+        values["bclc_stage"] = ["A", "B", "C"][_ordinal(rng, (0.3, 0.5, 0.2), shift)]
+        values["ascites"] = ["none", "mild", "moderate_severe"][_ordinal(rng, (0.7, 0.22, 0.08), shift)]
+        values["portal_vein_thrombus"] = "yes" if rng.random() < 0.12 * (1 + 1.5 * shift) else "no"
+        values["sex"] = "M" if rng.random() < 0.8 else "F"
+        for name in CLINICAL_TABLE_COLUMNS:
+            if rng.random() < missing_rate:
+                values[name] = None
+        cases.append(
+            SyntheticCase(
+                case_id=f"TAB{seed:03d}-{index:04d}",
+                label=label,
+                volume_hu=None,
+                clinical=values,
+                image_latent=0.0,
+                clinical_latent=-shift,
+            )
+        )
+    return cases
+
+
+def _ordinal(rng: np.random.Generator, probabilities: tuple[float, ...], shift: float) -> int:
+    """A category drawn from ``probabilities``, moved towards the worse end by ``shift``."""
+    cut = np.cumsum(probabilities)[:-1]
+    latent = float(rng.random()) * (1 - shift * 0.5) + shift * 0.5
+    return int(np.searchsorted(cut, latent))
+
+
+def write_cohort(
+    cases: list[SyntheticCase],
+    directory: Path,
+    schema: FeatureSchema | None = None,
+    columns: Sequence[str] | None = None,
+) -> Path:
+    """A manifest CSV as `tace train` reads it (and ``.npy`` volumes when the cases have them).
+
+    ``columns``: the feature columns to write (default: every schema feature).
+    The ``synthetic`` column marks every row, so training on it yields a demo model.
+    """
     schema = schema or FeatureSchema.load()
+    names = list(columns) if columns is not None else schema.names
+    with_volumes = any(case.volume_hu is not None for case in cases)
     volumes = directory / "volumes"
-    volumes.mkdir(parents=True, exist_ok=True)
+    if with_volumes:
+        volumes.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     manifest = directory / "manifest.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["case_id", "label", "volume", *schema.names])
+        writer.writerow(["case_id", "label", *(["volume"] if with_volumes else []), SYNTHETIC_COLUMN, *names])
         for case in cases:
-            path = volumes / f"{case.case_id}.npy"
-            np.save(path, case.volume_hu)
-            row = [case.clinical.get(name) for name in schema.names]
+            volume = []
+            if with_volumes:
+                if case.volume_hu is None:
+                    raise ValueError(f"{case.case_id}: every case needs a volume when any has one")
+                path = volumes / f"{case.case_id}.npy"
+                np.save(path, case.volume_hu)
+                volume = [f"volumes/{path.name}"]
+            row = [case.clinical.get(name) for name in names]
             writer.writerow(
                 [
                     case.case_id,
                     CLASS_NAMES[case.label],
-                    f"volumes/{path.name}",
+                    *volume,
+                    "yes",
                     *["" if v is None else v for v in row],
                 ]
             )
