@@ -1,10 +1,12 @@
 """Checkpoints: one safetensors file whose header carries the JSON metadata.
 
 Weights and everything needed to use them (network config, preprocessing,
-feature schema with its fitted normalization, version, training metrics, the
-demo flag) travel together, so a checkpoint cannot be run with the wrong
-settings. The metadata records a sha256 over the tensors; loading recomputes it
-and refuses a file whose weights were altered or damaged.
+feature schema with its fitted normalization, the decision threshold and the
+calibrator chosen in cross-validation, version, training metrics, the demo flag,
+the training data's provenance and the validated AUC with its CI) travel
+together, so a checkpoint cannot be run with the wrong settings, and every
+report it makes can say how far to trust it. The metadata records a sha256 over
+the tensors; loading recomputes it and refuses a file whose weights were altered or damaged.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from model.calibration import Calibrator
 from model.config import MODEL_NAME, CLDCAConfig, PreprocessConfig
 from model.network import CLDCA
 from model.schema import FeatureSchema, Normalization, SchemaError
@@ -43,9 +46,31 @@ class CheckpointMeta:
     demo: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    threshold: float = 0.5
+    """Disease control is predicted when its (calibrated) probability reaches this."""
+    calibration: dict[str, Any] | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+    """How the model was validated: ``auc`` {value, low, high}, ``method``, ``cases``, baseline."""
+    warnings: list[str] = field(default_factory=list)
     model_name: str = MODEL_NAME
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     weights_sha256: str = ""
+
+    @property
+    def calibrator(self) -> Calibrator | None:
+        return Calibrator.from_dict(self.calibration) if self.calibration else None
+
+    @property
+    def validation_statement(self) -> str | None:
+        """The validated AUC with its CI in one sentence, for reports and the SR."""
+        auc = self.validation.get("auc")
+        if not auc:
+            return None
+        return (
+            f"{self.validation.get('method', 'validated')} AUC {auc['value']:.2f} "
+            f"(95% CI {auc['low']:.2f}-{auc['high']:.2f}) on {self.validation.get('cases', '?')} "
+            f"{'synthetic ' if self.demo else ''}cases"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +85,10 @@ class CheckpointMeta:
             "normalization": self.normalization.to_dict(),
             "metrics": self.metrics,
             "training": self.training,
+            "threshold": self.threshold,
+            "calibration": self.calibration,
+            "validation": self.validation,
+            "warnings": self.warnings,
             "weights_sha256": self.weights_sha256,
         }
 
@@ -76,6 +105,10 @@ class CheckpointMeta:
             demo=bool(data.get("demo", False)),
             metrics=dict(data.get("metrics", {})),
             training=dict(data.get("training", {})),
+            threshold=float(data.get("threshold", 0.5)),
+            calibration=dict(data["calibration"]) if data.get("calibration") else None,
+            validation=dict(data.get("validation", {})),
+            warnings=[str(w) for w in data.get("warnings", [])],
             model_name=str(data.get("model_name", MODEL_NAME)),
             created_at=str(data.get("created_at", "")),
             weights_sha256=str(data.get("weights_sha256", "")),

@@ -53,6 +53,8 @@ class CLDCAConfig:
     num_classes: int = 2
     dropout: float = 0.1
     freeze_backbone: bool = False
+    standardize_clinical: bool = True
+    """Centre and scale the clinical inputs by training statistics (see ``ClinicalEncoder``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variant", Variant(self.variant))
@@ -93,7 +95,8 @@ class CLDCAConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
+        # Checkpoints older than standardize_clinical were trained without it.
+        return cls(**{"standardize_clinical": False, **data})
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class CLDCA(nn.Module):
                 self.slice_encoder = SliceSequenceEncoder(config.backbone_dim, config.lstm_hidden)
         if variant.uses_clinical:
             self.clinical_encoder = ClinicalEncoder(
-                config.clinical_width, config.clinical_hidden, config.dropout
+                config.clinical_width, config.clinical_hidden, config.dropout, config.standardize_clinical
             )
         fused = variant.uses_image and variant.uses_clinical
         if fused:

@@ -16,14 +16,14 @@ from model.config import CLASS_NAMES
 from model.device import inference_precision, resolve_device
 from model.preprocess import preprocess_volume
 
-DECISION_THRESHOLD = 0.5
-
 
 @dataclass(frozen=True)
 class PredictionResult:
     probability: float
-    """Probability of disease control (CR + PR + SD)."""
+    """Probability of disease control (CR + PR + SD), calibrated when the checkpoint says so."""
     label: str
+    threshold: float
+    """The checkpoint's decision threshold on ``probability``, chosen in cross-validation."""
     model_name: str
     model_version: str
     checkpoint_sha256: str
@@ -31,6 +31,8 @@ class PredictionResult:
     missing_features: list[str] = field(default_factory=list)
     slices_used: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    validation: str | None = None
+    """The checkpoint's validated AUC with its CI, in words."""
 
 
 class Predictor:
@@ -46,6 +48,7 @@ class Predictor:
         slice_batch: int = 64,
     ) -> None:
         self.meta = loaded.meta
+        self.calibrator = loaded.meta.calibrator
         self.checkpoint_sha256 = loaded.sha256
         self.device = device
         self.model = loaded.model.to(device).eval()
@@ -89,10 +92,14 @@ class Predictor:
                 )
             )
             probability = float(torch.softmax(logits.float(), dim=-1)[0, 1])
+        if self.calibrator is not None:
+            probability = float(self.calibrator.apply(np.asarray([probability]))[0])
         timings["model"] = time.perf_counter() - start
+        threshold = self.meta.threshold
         return PredictionResult(
             probability=probability,
-            label=CLASS_NAMES[1] if probability >= DECISION_THRESHOLD else CLASS_NAMES[0],
+            label=CLASS_NAMES[1] if probability >= threshold else CLASS_NAMES[0],
+            threshold=threshold,
             model_name=self.meta.model_name,
             model_version=self.meta.version,
             checkpoint_sha256=self.checkpoint_sha256,
@@ -100,4 +107,5 @@ class Predictor:
             missing_features=encoded.missing_features,
             slices_used=slices_used,
             timings=timings,
+            validation=self.meta.validation_statement,
         )

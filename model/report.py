@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from model.metrics import Metrics, calibration_bins, roc_auc, roc_curve
+from model.metrics import Estimate, Metrics, calibration_bins, roc_auc, roc_curve
 from model.training import CrossValidation
+from model.validation import CvSummary, compare_variants
 
 
 def _plt() -> ModuleType:
@@ -50,13 +51,16 @@ def _save(plt: Any, figure: Any, axis: Any, path: Path, *, legend: str) -> Path:
     return path
 
 
-def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, path: Path, title: str) -> Path:
+def plot_calibration(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    """Reliability curves, one per (label, y_true, probability), with bin counts."""
     plt = _plt()
     figure, axis = plt.subplots(figsize=(5.5, 5.5), dpi=120)
-    bins = calibration_bins(y_true, y_score)
-    if bins:
+    for label, y_true, y_score in curves:
+        bins = calibration_bins(y_true, y_score)
+        if not bins:
+            continue
         predicted, observed, _ = zip(*bins, strict=True)
-        axis.plot(predicted, observed, marker="o", label="model")
+        axis.plot(predicted, observed, marker="o", label=label)
         for x, y, n in bins:
             axis.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
@@ -70,38 +74,117 @@ def plot_calibration(y_true: np.ndarray, y_score: np.ndarray, path: Path, title:
     return _save(plt, figure, axis, path, legend="upper left")
 
 
-def _pm(summary: dict[str, dict[str, float]], name: str) -> str:
-    return f"{summary[name]['mean']:.3f} ± {summary[name]['sd']:.3f}"
+METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("auc", "AUC", "either (symmetric)"),
+    ("accuracy", "accuracy", "either"),
+    ("precision", "precision", "disease control"),
+    ("recall", "recall", "disease control"),
+    ("balanced_accuracy", "balanced accuracy", "both (mean of the two recalls)"),
+    ("sensitivity", "sensitivity", "progressive disease"),
+    ("specificity", "specificity", "progressive disease"),
+    ("ppv", "PPV", "progressive disease"),
+    ("npv", "NPV", "progressive disease"),
+    ("pr_auc", "PR-AUC", "progressive disease"),
+    ("brier", "Brier score", "P(disease control)"),
+    ("calibration_slope", "calibration slope", "P(disease control)"),
+    ("calibration_intercept", "calibration intercept", "P(disease control)"),
+    ("predicted_progression", "predicted progressive", "share of cases"),
+)
+"""(metric, label, positive class): the paper's four first, each with its positive class."""
 
 
-def write_cv_report(result: CrossValidation, out: Path, context: dict[str, Any]) -> dict[str, Path]:
+def _pm(values: dict[str, float]) -> str:
+    return f"{values['mean']:.3f} ± {values['sd']:.3f}"
+
+
+def _warning_lines(warnings: Sequence[str]) -> list[str]:
+    return [f"> **{w}**" for w in warnings] + ([""] if warnings else [])
+
+
+def write_cv_report(
+    result: CrossValidation, summary: CvSummary, out: Path, context: dict[str, Any]
+) -> dict[str, Path]:
     """report.json, report.md, roc.png and calibration.png for one cross-validated variant."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = result.summary()
-    data = {**context, "cross_validation": result.to_dict()}
+    data = {**context, "summary": summary.to_dict(), "cross_validation": _cv_dict(result)}
     (out / "report.json").write_text(json.dumps(data, indent=2))
-    curves = [(f"fold {f.fold}", f.y_true, f.y_score, f.metrics.auc) for f in result.folds]
-    y_true = np.concatenate([f.y_true for f in result.folds])
-    y_score = np.concatenate([f.y_score for f in result.folds])
-    roc = plot_roc(curves, out / "roc.png", f"CLDCA ({result.variant}) - {len(result.folds)}-fold CV")
+    scores, baseline = result.out_of_fold("model"), result.out_of_fold("baseline")
+    first = [f for f in result.folds if f.repeat == 1]
+    curves = [(f"fold {f.fold}", f.y_true, f.y_score, f.metrics.auc) for f in first]
+    curves += [
+        ("CLDCA pooled", result.y_true, scores[0], roc_auc(result.y_true, scores[0])),
+        ("baseline pooled", result.y_true, baseline[0], roc_auc(result.y_true, baseline[0])),
+    ]
+    roc = plot_roc(curves, out / "roc.png", f"CLDCA ({result.variant}) - {result.folds_used}-fold CV")
+    y_all = np.tile(result.y_true, result.repeats)
+    reliability = [
+        ("CLDCA" if not summary.calibration else f"CLDCA, {summary.calibration}", y_all, scores.ravel())
+    ]
+    if summary.calibration:
+        reliability.insert(0, ("CLDCA, before calibration", y_all, result.out_of_fold("raw").ravel()))
     calibration = plot_calibration(
-        y_true, y_score, out / "calibration.png", f"Calibration ({result.variant})"
+        reliability, out / "calibration.png", f"Calibration ({result.variant}, out-of-fold)"
     )
+    provenance = context.get("data", {})
+    demo = provenance.get("synthetic") or context.get("demo")
+    repeats = f" x {summary.repeats} repeats" if summary.repeats > 1 else ""
     lines = [
         f"# CLDCA cross-validation: {result.variant}",
         "",
-        f"Cases: {len(y_true)} ({int(y_true.sum())} disease control, {int((1 - y_true).sum())} progressive). "
-        f"Positive class: disease control (CR + PR + SD). Threshold 0.5.",
+        *_warning_lines(summary.warnings),
+        *(["> DEMO: trained on a synthetic cohort; no clinical meaning.", ""] if demo else []),
+        f"Cases: {summary.cases} ({summary.cases - summary.progressions} disease control, "
+        f"{summary.progressions} progressive disease)"
+        + (
+            f", manifest sha256 {provenance['manifest_sha256'][:16]}"
+            if "manifest_sha256" in provenance
+            else ""
+        )
+        + ".",
+        f"Protocol: stratified {summary.folds}-fold cross-validation{repeats}; "
+        f"decision threshold by {summary.threshold_rule}; "
+        + (
+            f"{summary.calibration} calibration fitted inside each training fold."
+            if summary.calibration
+            else "no recalibration."
+        ),
+        *[f"Note: {note}." for note in summary.notes],
         "",
-        "| fold | n | AUC | accuracy | precision | recall |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "## Discrimination (pooled out-of-fold predictions, 95% bootstrap CI)",
+        "",
+        "| model | AUC |",
+        "| --- | --- |",
+        f"| CLDCA ({result.variant}) | {summary.auc} |",
+        f"| baseline: {summary.baseline} | {summary.baseline_auc} |",
+        f"| CLDCA minus baseline | {summary.difference} |",
+        "",
+        summary.verdict,
+        "",
+        f"## Metrics of the pooled out-of-fold predictions (mean ± sd over {summary.repeats} repeat(s))",
+        "",
+        "| metric | positive class | CLDCA | baseline |",
+        "| --- | --- | --- | --- |",
         *[
-            f"| {f.fold} | {f.metrics.n} | {f.metrics.auc:.3f} | {f.metrics.accuracy:.3f} | "
-            f"{f.metrics.precision:.3f} | {f.metrics.recall:.3f} |"
+            f"| {label} | {positive} | {_pm(summary.pooled[name])} | {_pm(summary.baseline_pooled[name])} |"
+            for name, label, positive in METRIC_ROWS
+        ],
+        "",
+        "## Per fold (thresholds chosen on each training fold)",
+        "",
+        "| repeat | fold | n | progressive | threshold | AUC | balanced acc. | sensitivity | specificity "
+        "| Brier | epochs | baseline AUC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {f.repeat} | {f.fold} | {f.metrics.n} | {f.metrics.progressions} | {f.metrics.threshold:.3f} "
+            f"| {f.metrics.auc:.3f} | {f.metrics.balanced_accuracy:.3f} | {f.metrics.sensitivity:.3f} "
+            f"| {f.metrics.specificity:.3f} | {f.metrics.brier:.3f} | {f.best_epoch} "
+            f"| {f.baseline_metrics.auc:.3f} |"
             for f in result.folds
         ],
-        f"| mean ± sd | | {_pm(summary, 'auc')} | {_pm(summary, 'accuracy')} | "
-        f"{_pm(summary, 'precision')} | {_pm(summary, 'recall')} |",
+        f"| mean ± sd | | | | | {_pm(summary.per_fold['auc'])} "
+        f"| {_pm(summary.per_fold['balanced_accuracy'])} "
+        f"| {_pm(summary.per_fold['sensitivity'])} | {_pm(summary.per_fold['specificity'])} "
+        f"| {_pm(summary.per_fold['brier'])} | | |",
         "",
         "![ROC](roc.png) ![Calibration](calibration.png)",
         "",
@@ -116,42 +199,96 @@ def write_cv_report(result: CrossValidation, out: Path, context: dict[str, Any])
     }
 
 
-def write_ablation_table(results: Sequence[CrossValidation], out: Path) -> Path:
+def _cv_dict(result: CrossValidation) -> dict[str, Any]:
+    return {
+        "variant": result.variant.value,
+        "folds_used": result.folds_used,
+        "repeats": result.repeats,
+        "baseline": result.baseline_name,
+        "notes": result.notes,
+        "folds": [
+            {
+                "repeat": f.repeat,
+                "fold": f.fold,
+                **f.metrics.as_dict(),
+                "best_epoch": f.best_epoch,
+                "baseline": f.baseline_metrics.as_dict(),
+                "cases": f.case_ids,
+                "y_true": f.y_true.tolist(),
+                "y_score": [round(float(s), 6) for s in f.y_score],
+                "baseline_score": [round(float(s), 6) for s in f.baseline_score],
+            }
+            for f in result.folds
+        ],
+    }
+
+
+def write_ablation_table(
+    results: Sequence[CrossValidation], summaries: Sequence[CvSummary], out: Path
+) -> Path:
+    """ablations.md/.json and a pooled ROC plot; every AUC with its CI and its paired difference to full."""
     out.mkdir(parents=True, exist_ok=True)
+    reference = next((r for r in results if r.variant.value == "full"), results[0])
+    compared = compare_variants(list(results), reference)
     rows = [
-        "| variant | AUC | accuracy | precision | recall |",
-        "| --- | --- | --- | --- | --- |",
+        f"| variant | AUC (95% CI) | AUC minus {reference.variant} (95% CI) | balanced accuracy "
+        "| sensitivity "
+        "| specificity | accuracy | precision | recall |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for result in results:
-        s = result.summary()
+    table: dict[str, Any] = {}
+    for result, summary in zip(results, summaries, strict=True):
+        auc, difference = compared[result.variant.value]
+        p = summary.pooled
         rows.append(
-            f"| {result.variant} | {_pm(s, 'auc')} | {_pm(s, 'accuracy')} | "
-            f"{_pm(s, 'precision')} | {_pm(s, 'recall')} |"
+            f"| {result.variant} | {auc} | {'-' if result is reference else difference} "
+            f"| {_pm(p['balanced_accuracy'])} | {_pm(p['sensitivity'])} | {_pm(p['specificity'])} "
+            f"| {_pm(p['accuracy'])} | {_pm(p['precision'])} | {_pm(p['recall'])} |"
         )
-    (out / "ablations.json").write_text(json.dumps({r.variant.value: r.summary() for r in results}, indent=2))
+        table[result.variant.value] = {
+            "auc": auc.as_dict(),
+            "difference_to_reference": difference.as_dict(),
+            "summary": summary.to_dict(),
+        }
+    base = summaries[0]
+    inputs = "clinical + image" if reference.variant.uses_image else "clinical"
+    rows.append(f"| baseline ({inputs}) | {base.baseline_auc} | | | | | | | |")
+    warnings = [w for s in summaries for w in s.warnings]
+    (out / "ablations.json").write_text(json.dumps(table, indent=2))
     path = out / "ablations.md"
-    path.write_text("# CLDCA ablations (mean ± sd over folds)\n\n" + "\n".join(rows) + "\n")
+    path.write_text(
+        "# CLDCA ablations\n\n"
+        + "\n".join(_warning_lines(warnings))
+        + "AUC of the pooled out-of-fold predictions with 95% bootstrap CIs; differences are paired "
+        "(same cases, same folds, same resamples). Other columns: mean ± sd over repeats; precision "
+        "and recall count disease control as positive, sensitivity and specificity progression.\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
     pooled = []
     for result in results:
-        y_true = np.concatenate([f.y_true for f in result.folds])
-        y_score = np.concatenate([f.y_score for f in result.folds])
-        pooled.append((result.variant.value, y_true, y_score, roc_auc(y_true, y_score)))
+        scores = result.out_of_fold("model")[0]
+        pooled.append((result.variant.value, result.y_true, scores, roc_auc(result.y_true, scores)))
     plot_roc(pooled, out / "ablations_roc.png", "CLDCA ablations (pooled out-of-fold predictions)")
     return path
 
 
 def write_evaluation_report(
     metrics: Metrics,
+    auc: Estimate,
     y_true: np.ndarray,
     y_score: np.ndarray,
     case_ids: list[str],
     out: Path,
     context: dict[str, Any],
+    warnings: Sequence[str] = (),
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     data = {
         **context,
         "metrics": metrics.as_dict(),
+        "auc_ci": auc.as_dict(),
+        "warnings": list(warnings),
         "cases": [
             {"case_id": c, "label": int(t), "probability": round(float(s), 6)}
             for c, t, s in zip(case_ids, y_true, y_score, strict=True)
@@ -159,17 +296,25 @@ def write_evaluation_report(
     }
     (out / "evaluation.json").write_text(json.dumps(data, indent=2))
     roc = plot_roc([("model", y_true, y_score, metrics.auc)], out / "roc.png", "CLDCA evaluation")
-    calibration = plot_calibration(y_true, y_score, out / "calibration.png", "CLDCA calibration")
+    calibration = plot_calibration([("model", y_true, y_score)], out / "calibration.png", "CLDCA calibration")
     lines = [
         "# CLDCA evaluation",
         "",
+        *_warning_lines(warnings),
         f"Checkpoint: {context.get('checkpoint')} (version {context.get('version')}"
         f"{', DEMO weights trained on synthetic data' if context.get('demo') else ''})",
+        f"Cases: {metrics.n} ({metrics.n - metrics.progressions} disease control, {metrics.progressions} "
+        f"progressive disease). Threshold {metrics.threshold:.3f} on P(disease control), "
+        "from the checkpoint.",
         "",
-        "| n | AUC | accuracy | precision | recall |",
-        "| --- | --- | --- | --- | --- |",
-        f"| {metrics.n} | {metrics.auc:.3f} | {metrics.accuracy:.3f} | {metrics.precision:.3f} "
-        f"| {metrics.recall:.3f} |",
+        f"AUC {auc}",
+        "",
+        "| metric | positive class | value |",
+        "| --- | --- | --- |",
+        *[
+            f"| {label} | {positive} | {getattr(metrics, name):.3f} |"
+            for name, label, positive in METRIC_ROWS
+        ],
         "",
         "![ROC](roc.png) ![Calibration](calibration.png)",
     ]

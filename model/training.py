@@ -1,17 +1,30 @@
-"""Training and cross-validation of CLDCA, following the paper's protocol.
+"""Training and cross-validation of CLDCA: the paper's protocol, made safe for small cohorts.
 
-Stratified k-fold cross-validation (k = 5), Adam at 1e-4, batches of 32, dropout
-0.1. The clinical normalization is fitted on each training fold only. With a
-frozen backbone the per-slice ResNet-50 features are computed once per case and
-reused by every epoch, fold and ablation, which is what makes CPU training
-practical; with a trainable backbone the network is trained end to end.
-Everything is seeded: the same inputs and seed give the same model.
+The paper's network and optimiser (Adam at 1e-4, batches of 32, dropout 0.1) in
+repeated stratified k-fold cross-validation, plus what a site's 50-300 cases with
+few progressions need so the numbers can be trusted:
+
+- class-weighted loss (each class weighs half), weight decay, and early stopping
+  on the weighted loss of an inner validation split (a stratified fifth of each
+  training fold); the weights of the best epoch are kept;
+- optional recalibration (Platt or isotonic) fitted on that inner split;
+- the decision threshold chosen on the training fold only, by Youden's J or for a
+  target sensitivity for progression, so the test fold never informs it;
+- fewer folds, with a note, when a class has fewer cases than folds, and a
+  refusal below three cases, so no fold is ever left without a class.
+
+The clinical normalization is fitted on each training fold only. With a frozen
+backbone the per-slice ResNet-50 features are computed once per case and reused
+by every epoch, fold and ablation, which is what makes CPU training practical;
+clinical-only models never run the backbone. Everything is seeded: the same
+inputs and seed give the same model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.baseline import LogisticBaseline
+from model.calibration import CalibrationMethod, Calibrator, fit_calibrator
 from model.config import CLDCAConfig, PreprocessConfig, Variant
 from model.data import ManifestCase, VolumeLoader
-from model.metrics import Metrics, classification_metrics
+from model.metrics import Metrics, choose_threshold, classification_metrics
 from model.network import CLDCA
 from model.preprocess import preprocess_volume
 from model.resnet import ResNet50, load_backbone_state, read_state_file
 from model.schema import FeatureSchema, Normalization
 
 Progress = Callable[[str, int, int], None]
+MIN_CASES_PER_CLASS = 3
+"""Each class needs a test case in every fold and two in every training fold (one to validate on)."""
 
 
 def no_progress(description: str, done: int, total: int) -> None:
@@ -39,20 +56,66 @@ def no_progress(description: str, done: int, total: int) -> None:
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int = 40
+    """The most epochs; early stopping usually ends sooner."""
     batch_size: int = 32
     learning_rate: float = 1e-4
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-2
+    """Decoupled (AdamW) weight decay."""
     folds: int = 5
+    repeats: int = 1
     seed: int = 0
+    inner_folds: int = 3
+    """Inner cross-validation of each training fold that decides when to stop."""
+    patience: int = 10
+    """Epochs without a better pooled held-out loss before training stops."""
+    min_epochs: int = 20
+    """Warm-up: no epoch before this one is chosen (a network at its random start has no loss to beat)."""
+    class_weighting: bool = True
+    target_sensitivity: float | None = None
+    """Threshold for this sensitivity for progression on the training data; None: Youden's J."""
+    calibration: CalibrationMethod | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "repeats", "patience", "min_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.min_epochs > self.epochs:
+            raise ValueError(f"min_epochs ({self.min_epochs}) must not exceed epochs ({self.epochs})")
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must not be negative, got {self.weight_decay}")
+        if self.inner_folds < 2:
+            raise ValueError(f"inner_folds must be at least 2, got {self.inner_folds}")
+        if self.target_sensitivity is not None and not 0.0 < self.target_sensitivity <= 1.0:
+            raise ValueError(f"target_sensitivity must be in (0, 1], got {self.target_sensitivity}")
+        if self.calibration is not None:
+            object.__setattr__(self, "calibration", CalibrationMethod(self.calibration))
+
+    @property
+    def threshold_rule(self) -> str:
+        if self.target_sensitivity is None:
+            return "Youden's J on the training data"
+        return f"sensitivity for progression >= {self.target_sensitivity:g} on the training data"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "weight_decay": self.weight_decay,
+            "folds": self.folds,
+            "repeats": self.repeats,
+            "seed": self.seed,
+            "inner_folds": self.inner_folds,
+            "patience": self.patience,
+            "min_epochs": self.min_epochs,
+            "class_weighting": self.class_weighting,
+            "threshold_rule": self.threshold_rule,
+            "calibration": self.calibration.value if self.calibration else None,
+        }
 
 
 @dataclass
@@ -64,6 +127,8 @@ class Sample:
     clinical: dict[str, object]
     features: Tensor | None = None
     slices: Tensor | None = None
+    pooled: np.ndarray | None = None
+    """Mean backbone feature over the slices, for the logistic baseline."""
 
     @property
     def length(self) -> int:
@@ -100,10 +165,13 @@ def prepare_samples(
     cache_dir: Path | None = None,
     uses_image: bool = True,
 ) -> list[Sample]:
-    """Load every volume once; with a frozen backbone, turn it into slice features now."""
+    """Load every volume once and compute its slice features (for the baseline even when trained).
+
+    With ``uses_image`` False nothing is loaded and no backbone is built.
+    """
     backbone: ResNet50 | None = None
     key_base = ""
-    if uses_image and frozen_backbone:
+    if uses_image:
         assert backbone_state is not None
         backbone = ResNet50()
         backbone.load_state_dict(backbone_state)
@@ -112,16 +180,21 @@ def prepare_samples(
     samples = []
     for done, case in enumerate(cases):
         sample = Sample(case.case_id, case.label, case.clinical)
-        if uses_image:
-            if backbone is not None:
-                sample.features = _cached_features(
-                    case.volume, loader, preprocess, backbone, device, cache_dir, key_base
-                )
+        if backbone is not None:
+            if case.volume is None:
+                raise ValueError(f"case {case.case_id}: an image model needs a volume")
+            features = _cached_features(
+                case.volume, loader, preprocess, backbone, device, cache_dir, key_base
+            )
+            sample.pooled = features.mean(0).numpy()
+            if frozen_backbone:
+                sample.features = features
             else:
                 volume = torch.from_numpy(loader(case.volume))
                 sample.slices = preprocess_volume(volume, preprocess)[:, 0].to(torch.float16)
         samples.append(sample)
-        progress("loading cases" if backbone is None else "backbone features", done + 1, len(cases))
+        if backbone is not None:
+            progress("backbone features", done + 1, len(cases))
     return samples
 
 
@@ -197,11 +270,39 @@ def build_model(config: CLDCAConfig, backbone_state: dict[str, Tensor] | None, s
     return model
 
 
+def class_weights(labels: Sequence[int]) -> Tensor:
+    """Inverse class frequencies scaled so each class weighs half of the loss."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=2).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError("class weighting needs cases of both classes")
+    return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32)
+
+
+@dataclass
+class FittedModel:
+    """A trained network with what turns its output into a decision."""
+
+    model: CLDCA
+    normalization: Normalization
+    threshold: float
+    calibrator: Calibrator | None
+    best_epoch: int
+    epochs_run: int
+    held_out_scores: np.ndarray
+    """Inner cross-validated (calibrated) probabilities of the training cases, at the best epoch."""
+
+    def probabilities(
+        self, samples: Sequence[Sample], schema: FeatureSchema, device: torch.device
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated, raw) probability of disease control."""
+        raw = score(self.model, samples, schema, self.normalization, device)
+        return (self.calibrator.apply(raw) if self.calibrator else raw), raw
+
+
 def fit(
     config: CLDCAConfig,
     samples: Sequence[Sample],
     schema: FeatureSchema,
-    normalization: Normalization,
     settings: TrainSettings,
     backbone_state: dict[str, Tensor] | None,
     device: torch.device,
@@ -209,29 +310,119 @@ def fit(
     seed: int,
     progress: Progress = no_progress,
     description: str = "training",
-) -> CLDCA:
-    model = build_model(config, backbone_state, seed).to(device)
-    clinical = _clinical_matrix(samples, schema, normalization, config)
-    labels = torch.tensor([s.label for s in samples])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = (len(samples) + settings.batch_size - 1) // settings.batch_size
-    total = settings.epochs * steps_per_epoch
-    done = 0
-    model.train()
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(samples), generator=generator)
-        for start in range(0, len(samples), settings.batch_size):
-            index = order[start : start + settings.batch_size]
-            batch = [samples[i] for i in index.tolist()]
-            loss = F.cross_entropy(_logits(model, batch, clinical[index], device), labels[index].to(device))
-            optimiser.zero_grad(set_to_none=True)
+) -> FittedModel:
+    """Inner cross-validation picks the epochs, calibrator and threshold; then one refit on all.
+
+    ``samples`` are split into stratified inner folds whose models train in
+    lockstep; training stops when the class-weighted loss of their pooled
+    held-out predictions has not improved for ``patience`` epochs. With a
+    handful of progressions one validation split would hold a single one and
+    stop at random; pooled, every training case is validated on once. The
+    held-out predictions of the best epoch fit the calibrator (as scikit-learn's
+    ``CalibratedClassifierCV(ensemble=False)`` does) and choose the threshold, so
+    neither is tuned on predictions of cases the network had learnt. The
+    returned network is refit on every case for the best number of epochs.
+    """
+    normalization = schema.fit(s.clinical for s in samples)
+    labels = np.asarray([s.label for s in samples])
+    inner_folds = min(settings.inner_folds, int(np.bincount(labels, minlength=2).min()))
+    if inner_folds < 2:
+        raise ValueError("inner cross-validation needs 2 cases of each class in every training fold")
+    runs = []
+    for validation_index in stratified_folds(labels.tolist(), inner_folds, seed):
+        held = set(validation_index.tolist())
+        train = [s for i, s in enumerate(samples) if i not in held]
+        runs.append(
+            (
+                _Run(config, train, schema, normalization, settings, backbone_state, device, seed),
+                validation_index,
+            )
+        )
+    weights = (
+        class_weights(labels.tolist()).numpy().astype(np.float64) if settings.class_weighting else np.ones(2)
+    )
+    held_out = np.full((settings.epochs, len(samples)), np.nan)
+    best_loss, best_epoch, epoch = math.inf, settings.min_epochs, 0
+    for epoch in range(1, settings.epochs + 1):
+        for run, validation_index in runs:
+            run.epoch()
+            held_out[epoch - 1, validation_index] = run.probabilities([samples[i] for i in validation_index])
+        loss = _weighted_log_loss(labels, held_out[epoch - 1], weights)
+        progress(f"{description} (inner CV)", epoch, settings.epochs)
+        if epoch < settings.min_epochs:
+            continue
+        if loss < best_loss - 1e-6:
+            best_loss, best_epoch = loss, epoch
+        elif epoch - best_epoch >= settings.patience:
+            break
+    progress(f"{description} (inner CV)", epoch, epoch)
+    del runs
+    inner_scores = held_out[best_epoch - 1]
+    calibrator = None
+    if settings.calibration is not None:
+        calibrator = fit_calibrator(settings.calibration, labels, inner_scores)
+        inner_scores = calibrator.apply(inner_scores)
+    threshold = choose_threshold(labels, inner_scores, settings.target_sensitivity)
+    final = _Run(config, samples, schema, normalization, settings, backbone_state, device, seed)
+    for done in range(1, best_epoch + 1):
+        final.epoch()
+        progress(description, done, best_epoch)
+    return FittedModel(
+        final.model.eval(), normalization, threshold, calibrator, best_epoch, epoch, inner_scores
+    )
+
+
+def _weighted_log_loss(labels: np.ndarray, probability: np.ndarray, weights: np.ndarray) -> float:
+    """Cross-entropy with class weights, averaged as ``F.cross_entropy(weight=...)`` does."""
+    p = np.clip(probability, 1e-7, 1 - 1e-7)
+    case_weights = weights[labels]
+    losses = -np.where(labels == 1, np.log(p), np.log(1 - p))
+    return float((case_weights * losses).sum() / case_weights.sum())
+
+
+class _Run:
+    """One network being trained on one set of cases, an epoch at a time."""
+
+    def __init__(
+        self,
+        config: CLDCAConfig,
+        train: Sequence[Sample],
+        schema: FeatureSchema,
+        normalization: Normalization,
+        settings: TrainSettings,
+        backbone_state: dict[str, Tensor] | None,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.train, self.schema, self.normalization = list(train), schema, normalization
+        self.settings, self.device = settings, device
+        self.model = build_model(config, backbone_state, seed).to(device)
+        self.clinical = _clinical_matrix(self.train, schema, normalization, config)
+        encoder = self.model.clinical_encoder
+        if encoder is not None and encoder.standardize:
+            encoder.set_input_statistics(self.clinical.to(device))
+        self.labels = torch.tensor([s.label for s in self.train])
+        self.weights = class_weights(self.labels.tolist()).to(device) if settings.class_weighting else None
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimiser = torch.optim.AdamW(
+            trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def epoch(self) -> None:
+        self.model.train()
+        order = torch.randperm(len(self.train), generator=self.generator)
+        for start in range(0, len(self.train), self.settings.batch_size):
+            index = order[start : start + self.settings.batch_size]
+            batch = [self.train[i] for i in index.tolist()]
+            logits = _logits(self.model, batch, self.clinical[index], self.device)
+            loss = F.cross_entropy(logits, self.labels[index].to(self.device), weight=self.weights)
+            self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            optimiser.step()
-            done += 1
-            progress(description, done, total)
-    return model.eval()
+            self.optimiser.step()
+
+    def probabilities(self, samples: Sequence[Sample]) -> np.ndarray:
+        return score(self.model, samples, self.schema, self.normalization, self.device)
 
 
 def score(
@@ -242,7 +433,7 @@ def score(
     device: torch.device,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """Probability of disease control for each sample."""
+    """Probability of disease control for each sample, as the network gives it (uncalibrated)."""
     clinical = _clinical_matrix(samples, schema, normalization, model.config)
     scores = []
     model.eval()
@@ -254,57 +445,129 @@ def score(
     return np.concatenate(scores)
 
 
+def plan_folds(labels: Sequence[int], requested: int) -> tuple[int, str | None]:
+    """The folds to use, and a note when fewer than requested; refuses too few cases.
+
+    A fold without a case of some class has no AUC and would drop out of the mean
+    unseen, so the folds never outnumber the smaller class.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=2)
+    smallest = int(counts.min())
+    name = "progressive" if counts[0] <= counts[1] else "disease control"
+    if smallest < MIN_CASES_PER_CLASS:
+        raise ValueError(
+            f"only {smallest} {name} case(s): cross-validation needs at least "
+            f"{MIN_CASES_PER_CLASS} of each class"
+        )
+    if smallest < requested:
+        return smallest, (
+            f"only {smallest} {name} cases: {smallest} folds instead of {requested}, "
+            "so every test fold holds at least one"
+        )
+    return requested, None
+
+
 def stratified_folds(labels: Sequence[int], k: int, seed: int) -> list[np.ndarray]:
-    """Test indices of k folds with the class balance of the whole set."""
+    """Test indices of k folds with the class balance of the whole set; every fold has both classes."""
     labels_array = np.asarray(labels)
+    counts = np.bincount(labels_array.astype(int), minlength=2)
+    if counts.min() < k:
+        raise ValueError(f"{k} folds need {k} cases of each class, the smaller class has {counts.min()}")
     rng = np.random.default_rng(seed)
     folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
     for value in np.unique(labels_array):
         members = np.flatnonzero(labels_array == value)
         rng.shuffle(members)
         for position, index in enumerate(members):
-            folds[position % k].append(int(index))
-    if any(len(f) == 0 for f in folds):
-        raise ValueError(f"too few cases ({len(labels_array)}) for {k} folds")
+            folds[(position + offset) % k].append(int(index))
+        offset += len(members)
     return [np.sort(np.asarray(f)) for f in folds]
 
 
 @dataclass
 class FoldResult:
+    repeat: int
     fold: int
-    metrics: Metrics
+    test_index: np.ndarray
     case_ids: list[str]
     y_true: np.ndarray
     y_score: np.ndarray
+    """Calibrated when calibration is on; else the raw probability."""
+    raw_score: np.ndarray
+    metrics: Metrics
+    baseline_score: np.ndarray
+    baseline_metrics: Metrics
+    best_epoch: int
 
 
 @dataclass
 class CrossValidation:
+    """Out-of-fold predictions of every repeat, for the model and the baseline on the same folds."""
+
     variant: Variant
+    case_ids: list[str]
+    y_true: np.ndarray
+    folds_used: int
+    repeats: int
+    baseline_name: str
+    notes: list[str] = field(default_factory=list)
     folds: list[FoldResult] = field(default_factory=list)
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for name in ("auc", "accuracy", "precision", "recall"):
-            values = np.asarray([getattr(f.metrics, name) for f in self.folds], dtype=np.float64)
-            out[name] = {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1))}
+    def out_of_fold(self, kind: str = "model") -> np.ndarray:
+        """(repeats, cases) scores: ``model`` (calibrated if asked), ``raw`` or ``baseline``."""
+        attribute = {"model": "y_score", "raw": "raw_score", "baseline": "baseline_score"}[kind]
+        out = np.full((self.repeats, len(self.case_ids)), np.nan)
+        for fold in self.folds:
+            out[fold.repeat - 1, fold.test_index] = getattr(fold, attribute)
         return out
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "variant": self.variant.value,
-            "folds": [
-                {
-                    "fold": f.fold,
-                    **f.metrics.as_dict(),
-                    "cases": f.case_ids,
-                    "y_true": f.y_true.tolist(),
-                    "y_score": [round(float(s), 6) for s in f.y_score],
-                }
-                for f in self.folds
-            ],
-            "summary": self.summary(),
+    def pooled_metrics(self, kind: str = "model") -> list[Metrics]:
+        """Per repeat, the metrics of the pooled out-of-fold predictions at each fold's threshold.
+
+        Thresholds differ between folds, so the threshold metrics are computed on the
+        pooled decisions, and the ranking metrics on the pooled scores.
+        """
+        scores = self.out_of_fold(kind)
+        out = []
+        for repeat in range(self.repeats):
+            folds = [f for f in self.folds if f.repeat == repeat + 1]
+            thresholds = np.empty(len(self.case_ids))
+            for fold in folds:
+                chosen = fold.baseline_metrics if kind == "baseline" else fold.metrics
+                thresholds[fold.test_index] = chosen.threshold
+            out.append(pooled_classification_metrics(self.y_true, scores[repeat], thresholds))
+        return out
+
+
+def pooled_classification_metrics(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray) -> Metrics:
+    """Metrics of scores that were each judged against their own fold's threshold.
+
+    Shifting every score by its threshold puts all decisions on one cut at 0 for the
+    threshold metrics; the ranking and probability metrics use the scores themselves.
+    """
+    decided = classification_metrics(y_true, y_score - thresholds + 0.5, 0.5)
+    ranked = classification_metrics(y_true, y_score, 0.5)
+    return Metrics(
+        **{
+            **ranked.as_dict(),
+            **{
+                k: getattr(decided, k)
+                for k in (
+                    "accuracy",
+                    "precision",
+                    "recall",
+                    "balanced_accuracy",
+                    "sensitivity",
+                    "specificity",
+                    "ppv",
+                    "npv",
+                    "predicted_progression",
+                )
+            },
+            "threshold": float(np.median(thresholds)),
         }
+    )
 
 
 def cross_validate(
@@ -316,34 +579,55 @@ def cross_validate(
     device: torch.device,
     progress: Progress = no_progress,
 ) -> CrossValidation:
-    result = CrossValidation(config.variant)
+    """Repeated stratified k-fold CV of the model and of the logistic baseline on the same folds."""
     labels = [s.label for s in samples]
-    for fold, test_index in enumerate(stratified_folds(labels, settings.folds, settings.seed)):
-        test_set = set(test_index.tolist())
-        train = [s for i, s in enumerate(samples) if i not in test_set]
-        test = [samples[i] for i in test_index]
-        normalization = schema.fit(s.clinical for s in train)
-        model = fit(
-            config,
-            train,
-            schema,
-            normalization,
-            settings,
-            backbone_state,
-            device,
-            seed=settings.seed + fold,
-            progress=progress,
-            description=f"{config.variant} fold {fold + 1}/{settings.folds}",
-        )
-        y_score = score(model, test, schema, normalization, device)
-        y_true = np.asarray([s.label for s in test])
-        result.folds.append(
-            FoldResult(
-                fold + 1,
-                classification_metrics(y_true, y_score),
-                [s.case_id for s in test],
-                y_true,
-                y_score,
+    k, note = plan_folds(labels, settings.folds)
+    result = CrossValidation(
+        variant=config.variant,
+        case_ids=[s.case_id for s in samples],
+        y_true=np.asarray(labels),
+        folds_used=k,
+        repeats=settings.repeats,
+        baseline_name=LogisticBaseline.describe(config.variant.uses_image),
+        notes=[note] if note else [],
+    )
+    for repeat in range(settings.repeats):
+        fold_seed = settings.seed + 1000 * repeat
+        for fold, test_index in enumerate(stratified_folds(labels, k, fold_seed)):
+            test_set = set(test_index.tolist())
+            train = [s for i, s in enumerate(samples) if i not in test_set]
+            test = [samples[i] for i in test_index]
+            label = f"{config.variant} " + (f"r{repeat + 1} " if settings.repeats > 1 else "")
+            fitted = fit(
+                config,
+                train,
+                schema,
+                settings,
+                backbone_state,
+                device,
+                seed=fold_seed + fold,
+                progress=progress,
+                description=f"{label}fold {fold + 1}/{k}",
             )
-        )
+            y_score, raw = fitted.probabilities(test, schema, device)
+            y_true = np.asarray([s.label for s in test])
+            baseline = LogisticBaseline.fit(
+                train, schema, fitted.normalization, config.variant.uses_image, settings.target_sensitivity
+            )
+            baseline_score = baseline.predict(test, schema)
+            result.folds.append(
+                FoldResult(
+                    repeat=repeat + 1,
+                    fold=fold + 1,
+                    test_index=test_index,
+                    case_ids=[s.case_id for s in test],
+                    y_true=y_true,
+                    y_score=y_score,
+                    raw_score=raw,
+                    metrics=classification_metrics(y_true, y_score, fitted.threshold),
+                    baseline_score=baseline_score,
+                    baseline_metrics=classification_metrics(y_true, baseline_score, baseline.threshold),
+                    best_epoch=fitted.best_epoch,
+                )
+            )
     return result

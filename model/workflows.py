@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,15 @@ import torch
 
 from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from model.config import CLDCAConfig, PreprocessConfig, Variant
-from model.data import ManifestCase, VolumeLoader, read_manifest
+from model.data import Manifest, UnitConverter, VolumeLoader, load_cached_volume, read_manifest
 from model.device import resolve_device
-from model.metrics import classification_metrics
+from model.metrics import bootstrap_auc, classification_metrics
 from model.report import write_ablation_table, write_cv_report, write_evaluation_report
 from model.schema import FeatureSchema
 from model.synthetic import make_cohort, write_cohort
 from model.training import (
     CrossValidation,
+    FittedModel,
     Progress,
     Sample,
     TrainSettings,
@@ -29,9 +32,9 @@ from model.training import (
     initial_backbone_state,
     no_progress,
     prepare_samples,
-    score,
     stratified_folds,
 )
+from model.validation import CvSummary, degenerate_warnings, summarize
 
 
 @dataclass(frozen=True)
@@ -39,21 +42,26 @@ class TrainOutcome:
     checkpoint: Path
     checkpoint_sha256: str
     results: list[CrossValidation]
-    report_dir: Path
+    summaries: list[CvSummary]
+    report: Path
+    """The report to read first: report.md, or ablations.md with --ablations."""
+    demo: bool
+    warnings: list[str] = field(default_factory=list)
 
 
 def _samples(
-    cases: list[ManifestCase],
+    manifest: Manifest,
     loader: VolumeLoader,
     preprocess: PreprocessConfig,
     config: CLDCAConfig,
-    backbone_state: dict[str, torch.Tensor],
+    backbone_state: dict[str, torch.Tensor] | None,
     device: torch.device,
     progress: Progress,
     cache_dir: Path | None,
+    uses_image: bool,
 ) -> list[Sample]:
     return prepare_samples(
-        cases,
+        manifest.cases,
         loader,
         preprocess,
         frozen_backbone=config.freeze_backbone,
@@ -61,8 +69,30 @@ def _samples(
         device=device,
         progress=progress,
         cache_dir=cache_dir,
-        uses_image=True,
+        uses_image=uses_image,
     )
+
+
+def _final_warnings(fitted: FittedModel, labels: np.ndarray) -> list[str]:
+    """The guard applied to the final model's inner cross-validated predictions."""
+    metrics = classification_metrics(labels, fitted.held_out_scores, fitted.threshold)
+    return degenerate_warnings("the final model", [metrics], None)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` intra-op threads (None: leave torch's choice), restoring it after.
+
+    The clinical-only network multiplies matrices of a few thousand numbers; extra
+    threads only synchronise, and on a busy machine one thread is many times faster.
+    """
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def train_from_manifest(
@@ -80,47 +110,108 @@ def train_from_manifest(
     version: str = "1",
     cache_dir: Path | None = None,
     progress: Progress = no_progress,
+    units: UnitConverter | None = None,
+    positive_label: str | None = None,
+    demo: bool = False,
+    threads: int | None = None,
 ) -> TrainOutcome:
-    """Cross-validate (every ablation too, if asked), then fit the final model on all cases."""
+    """Cross-validate (every ablation too, if asked) against the baseline, then fit on all cases.
+
+    A manifest marked synthetic always yields a ``demo: true`` checkpoint; ``demo``
+    flags other toy data. Clinical-only training reads no volume and builds no backbone,
+    and runs on one thread unless ``threads`` says otherwise.
+    """
     torch.set_flush_denormal(True)
     schema = schema or FeatureSchema.load()
     if config.clinical_inputs != len(schema.columns):
         config = dataclasses.replace(config, clinical_inputs=len(schema.columns))
-    cases = read_manifest(manifest, schema)
-    target = resolve_device(device)
-    backbone_state = initial_backbone_state(settings.seed, backbone_weights)
-    samples = _samples(cases, loader, preprocess, config, backbone_state, target, progress, cache_dir)
     variants = list(Variant) if ablations else [config.variant]
-    results = []
+    uses_image = any(v.uses_image for v in variants)
+    with torch_threads(threads if threads is not None or uses_image else 1):
+        return _train(
+            manifest,
+            out,
+            loader,
+            config,
+            preprocess,
+            settings,
+            schema,
+            backbone_weights,
+            variants,
+            uses_image,
+            device,
+            version,
+            cache_dir,
+            progress,
+            units,
+            positive_label,
+            demo,
+        )
+
+
+def _train(
+    manifest: Path,
+    out: Path,
+    loader: VolumeLoader,
+    config: CLDCAConfig,
+    preprocess: PreprocessConfig,
+    settings: TrainSettings,
+    schema: FeatureSchema,
+    backbone_weights: Path | None,
+    variants: list[Variant],
+    uses_image: bool,
+    device: str,
+    version: str,
+    cache_dir: Path | None,
+    progress: Progress,
+    units: UnitConverter | None,
+    positive_label: str | None,
+    demo: bool,
+) -> TrainOutcome:
+    ablations = len(variants) > 1
+    data = read_manifest(
+        manifest, schema, needs_volume=uses_image, units=units, positive_label=positive_label
+    )
+    demo = demo or data.synthetic
+    target = resolve_device(device)
+    backbone_state = initial_backbone_state(settings.seed, backbone_weights) if uses_image else None
+    samples = _samples(
+        data, loader, preprocess, config, backbone_state, target, progress, cache_dir, uses_image
+    )
+    results, summaries = [], []
     context: dict[str, Any] = {
-        "manifest": str(manifest),
+        "data": data.provenance(),
         "schema": schema.name,
+        "demo": demo,
         "settings": {
-            **dataclasses.asdict(settings),
+            **settings.to_dict(),
             "freeze_backbone": config.freeze_backbone,
             "image_size": preprocess.image_size,
             "max_slices": preprocess.max_slices,
             "backbone_weights": str(backbone_weights) if backbone_weights else "random init",
         },
     }
+    calibration = settings.calibration.value if settings.calibration else None
     for variant in variants:
         variant_config = dataclasses.replace(config, variant=variant)
         result = cross_validate(variant_config, samples, schema, settings, backbone_state, target, progress)
+        summary = summarize(result, settings.threshold_rule, calibration, seed=settings.seed)
         write_cv_report(
             result,
+            summary,
             out / variant.value if ablations else out,
             {**context, "config": variant_config.to_dict()},
         )
         results.append(result)
+        summaries.append(summary)
+    report = out / "report.md"
     if ablations:
-        write_ablation_table(results, out)
-    main = next(r for r in results if r.variant == config.variant)
-    normalization = schema.fit(s.clinical for s in samples)
-    model = fit(
+        report = write_ablation_table(results, summaries, out)
+    main = next(s for s in summaries if s.variant == config.variant.value)
+    fitted = fit(
         config,
         samples,
         schema,
-        normalization,
         settings,
         backbone_state,
         target,
@@ -128,19 +219,40 @@ def train_from_manifest(
         progress=progress,
         description="final model",
     )
+    labels = np.asarray([s.label for s in samples])
+    warnings = main.warnings + _final_warnings(fitted, labels)
+    repeats = f" x {settings.repeats}" if settings.repeats > 1 else ""
     meta = CheckpointMeta(
         version=version,
         config=config,
         preprocess=preprocess,
         schema=schema,
-        normalization=normalization,
-        demo=False,
-        metrics={"cross_validation": main.summary()},
-        training={**context["settings"], "cases": len(samples)},
+        normalization=fitted.normalization,
+        demo=demo,
+        metrics={"cross_validation": main.to_dict()},
+        training={
+            **context["settings"],
+            **data.provenance(),
+            "best_epoch": fitted.best_epoch,
+            **({"data": "synthetic cohort (model.synthetic), no patient data"} if data.synthetic else {}),
+        },
+        threshold=fitted.threshold,
+        calibration=fitted.calibrator.to_dict() if fitted.calibrator else None,
+        validation={
+            "method": f"cross-validated ({main.folds}-fold{repeats}, pooled out-of-fold)",
+            "auc": main.auc.as_dict(),
+            "cases": main.cases,
+            "progressions": main.progressions,
+            "baseline": {"model": main.baseline, "auc": main.baseline_auc.as_dict()},
+            "difference": main.difference.as_dict(),
+            "verdict": main.verdict,
+            "threshold_rule": settings.threshold_rule,
+        },
+        warnings=warnings,
     )
     checkpoint = out / "model.safetensors"
-    sha = save_checkpoint(checkpoint, model, meta)
-    return TrainOutcome(checkpoint, sha, results, out)
+    sha = save_checkpoint(checkpoint, fitted.model, meta)
+    return TrainOutcome(checkpoint, sha, results, summaries, report, demo, warnings)
 
 
 def evaluate_checkpoint(
@@ -151,28 +263,41 @@ def evaluate_checkpoint(
     loader: VolumeLoader,
     device: str = "auto",
     progress: Progress = no_progress,
-) -> dict[str, float]:
+    units: UnitConverter | None = None,
+    positive_label: str | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Metrics at the checkpoint's own threshold (after its calibrator), and the guard's warnings."""
     target = resolve_device(device)
     loaded = load_checkpoint(checkpoint, target)
     meta = loaded.meta
-    cases = read_manifest(manifest, meta.schema)
+    uses_image = meta.config.variant.uses_image
+    data = read_manifest(
+        manifest, meta.schema, needs_volume=uses_image, units=units, positive_label=positive_label
+    )
     backbone = loaded.model.backbone
     state = {k: v.cpu() for k, v in backbone.state_dict().items()} if backbone is not None else None
     samples = prepare_samples(
-        cases,
+        data.cases,
         loader,
         meta.preprocess,
         frozen_backbone=True,
         backbone_state=state,
         device=target,
         progress=progress,
-        uses_image=meta.config.variant.uses_image,
+        uses_image=uses_image,
     )
+    from model.training import score
+
     y_score = score(loaded.model, samples, meta.schema, meta.normalization, target)
+    if meta.calibrator is not None:
+        y_score = meta.calibrator.apply(y_score)
     y_true = np.asarray([s.label for s in samples])
-    metrics = classification_metrics(y_true, y_score)
+    metrics = classification_metrics(y_true, y_score, meta.threshold)
+    (auc,), _ = bootstrap_auc(y_true, [y_score])
+    warnings = degenerate_warnings("the model", [metrics], auc)
     write_evaluation_report(
         metrics,
+        auc,
         y_true,
         y_score,
         [s.case_id for s in samples],
@@ -182,9 +307,11 @@ def evaluate_checkpoint(
             "version": meta.version,
             "demo": meta.demo,
             "sha256": loaded.sha256,
+            "data": data.provenance(),
         },
+        warnings,
     )
-    return metrics.as_dict()
+    return {**metrics.as_dict(), "auc_ci": auc.as_dict()}, warnings
 
 
 @dataclass(frozen=True)
@@ -199,6 +326,7 @@ class DemoRecipe:
     epochs: int = 60
     learning_rate: float = 1e-3
     seed: int = 7
+    min_epochs: int = 20
 
 
 def make_demo_checkpoint(
@@ -215,30 +343,29 @@ def make_demo_checkpoint(
     config = CLDCAConfig(clinical_inputs=len(schema.columns), freeze_backbone=True)
     preprocess = PreprocessConfig(image_size=recipe.image_size, max_slices=recipe.max_slices)
     settings = TrainSettings(
-        epochs=recipe.epochs, learning_rate=recipe.learning_rate, seed=recipe.seed, folds=4
+        epochs=recipe.epochs,
+        learning_rate=recipe.learning_rate,
+        seed=recipe.seed,
+        folds=4,
+        min_epochs=min(recipe.min_epochs, recipe.epochs),
     )
     cohort = make_cohort(
         recipe.cases, seed=recipe.seed, slices=recipe.slices, size=recipe.size, schema=schema
     )
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = write_cohort(cohort, Path(tmp), schema)
-        cases = read_manifest(manifest, schema)
+        data = read_manifest(write_cohort(cohort, Path(tmp), schema), schema)
         backbone_state = initial_backbone_state(recipe.seed, backbone_weights)
-        from model.data import load_cached_volume
-
         samples = _samples(
-            cases, load_cached_volume, preprocess, config, backbone_state, device, progress, None
+            data, load_cached_volume, preprocess, config, backbone_state, device, progress, None, True
         )
     held_out = set(stratified_folds([s.label for s in samples], settings.folds, recipe.seed)[0].tolist())
     train = [s for i, s in enumerate(samples) if i not in held_out]
     test = [s for i, s in enumerate(samples) if i in held_out]
-    normalization = schema.fit(s.clinical for s in train)
-    model = fit(
+    fitted = fit(
         config,
         train,
         schema,
-        normalization,
         settings,
         backbone_state,
         device,
@@ -246,14 +373,16 @@ def make_demo_checkpoint(
         progress=progress,
         description="demo training",
     )
-    y_score = score(model, test, schema, normalization, device)
-    metrics = classification_metrics(np.asarray([s.label for s in test]), y_score)
+    y_score, _ = fitted.probabilities(test, schema, device)
+    y_true = np.asarray([s.label for s in test])
+    metrics = classification_metrics(y_true, y_score, fitted.threshold)
+    (auc,), _ = bootstrap_auc(y_true, [y_score], seed=recipe.seed)
     meta = CheckpointMeta(
         version=version,
         config=config,
         preprocess=preprocess,
         schema=schema,
-        normalization=normalization,
+        normalization=fitted.normalization,
         demo=True,
         metrics={"held_out": metrics.as_dict()},
         training={
@@ -261,8 +390,12 @@ def make_demo_checkpoint(
             **dataclasses.asdict(recipe),
             "train_cases": len(train),
             "held_out_cases": len(test),
+            "best_epoch": fitted.best_epoch,
             "backbone_weights": str(backbone_weights) if backbone_weights else "random init",
         },
+        threshold=fitted.threshold,
+        validation={"method": "held-out", "auc": auc.as_dict(), "cases": len(test)},
+        warnings=degenerate_warnings("the demo model", [metrics], auc),
     )
-    save_checkpoint(out, model, meta)
+    save_checkpoint(out, fitted.model, meta)
     return out, meta

@@ -24,6 +24,8 @@ def test_demo_checkpoint_round_trips_with_its_metadata(demo_checkpoint: Path) ->
     assert len(meta.schema.features) == 43
     assert set(meta.normalization.median) == set(meta.schema.columns)
     assert 0.0 <= meta.metrics["held_out"]["auc"] <= 1.0
+    assert meta.validation["auc"]["low"] <= meta.metrics["held_out"]["auc"] <= meta.validation["auc"]["high"]
+    assert meta.metrics["held_out"]["threshold"] == meta.threshold
     assert "synthetic" in meta.training["data"]
     assert len(loaded.sha256) == 64
     state = load_file(str(demo_checkpoint))
@@ -85,13 +87,40 @@ def test_predictor_maps_a_volume_and_labs_to_a_typed_result(demo_checkpoint: Pat
     labs["albumin"] = None
     result = predictor.predict(case.volume_hu, labs)
     assert 0.0 <= result.probability <= 1.0
-    assert result.label == ("disease_control" if result.probability >= 0.5 else "progressive_disease")
+    meta = load_checkpoint(demo_checkpoint).meta
+    assert result.threshold == meta.threshold
+    assert result.label == (
+        "disease_control" if result.probability >= meta.threshold else "progressive_disease"
+    )
+    assert result.validation == meta.validation_statement
+    assert result.validation is not None and result.validation.startswith("held-out AUC ")
     assert (result.model_name, result.model_version, result.demo) == ("CLDCA", "demo-1", True)
     assert result.checkpoint_sha256 == load_checkpoint(demo_checkpoint).sha256
     assert "albumin" in result.missing_features
     assert result.slices_used == 8
     again = predictor.predict(case.volume_hu, labs)
     assert again.probability == result.probability
+
+
+def test_predictor_decides_at_the_checkpoints_threshold(demo_checkpoint: Path, tmp_path: Path) -> None:
+    (case,) = make_cohort(1, seed=3, slices=20, size=48)
+    probability = (
+        Predictor.load(demo_checkpoint, device="cpu").predict(case.volume_hu, case.clinical).probability
+    )
+    outcomes = {}
+    for threshold in (probability - 0.01, probability + 0.01):
+        edited = tmp_path / f"threshold-{threshold:.4f}.safetensors"
+
+        def set_threshold(header: dict, value: float = threshold) -> None:
+            meta = json.loads(header["__metadata__"]["tace_checkpoint"])
+            meta["threshold"] = value
+            header["__metadata__"]["tace_checkpoint"] = json.dumps(meta)
+
+        _edit_header(demo_checkpoint, edited, set_threshold)
+        result = Predictor.load(edited, device="cpu").predict(case.volume_hu, case.clinical)
+        assert result.probability == probability and result.threshold == threshold
+        outcomes[threshold] = result.label
+    assert list(outcomes.values()) == ["disease_control", "progressive_disease"]
 
 
 def test_predictor_refuses_an_impossible_lab_value(demo_checkpoint: Path) -> None:

@@ -43,16 +43,29 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path, data_dir: Path) -> None:
         "2",
         "--epochs",
         "2",
+        "--min-epochs",
+        "1",
+        "--inner-folds",
+        "2",
         "--image-size",
         "32",
         "--ablations",
         data_dir=data_dir,
     )
     assert trained.returncode == 0, trained.stderr
-    assert "full: AUC" in trained.stdout and "clinical_only: AUC" in trained.stdout
+    lines = trained.stdout.splitlines()
+    assert any(line.startswith("full: AUC ") and "(95% CI " in line for line in lines)
+    assert any(line.startswith("clinical_only: AUC ") for line in lines)
+    assert f"report: {run / 'ablations.md'}" in lines and (run / "ablations.md").is_file()
+    assert "[DEMO" in trained.stdout
     report = json.loads((run / "full" / "report.json").read_text())
     assert len(report["cross_validation"]["folds"]) == 2
-    assert set(report["cross_validation"]["summary"]) == {"auc", "accuracy", "precision", "recall"}
+    summary = report["summary"]
+    assert summary["auc"]["low"] <= summary["auc"]["value"] <= summary["auc"]["high"]
+    assert {"sensitivity", "specificity", "ppv", "npv", "pr_auc", "brier", "calibration_slope"} <= set(
+        summary["pooled"]
+    )
+    assert report["data"]["synthetic"] is True and report["data"]["cases"] == 24
     for png in (run / "full" / "roc.png", run / "full" / "calibration.png", run / "ablations_roc.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (run / "ablations.md").read_text()
@@ -64,7 +77,17 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path, data_dir: Path) -> None:
         "image_only",
         "clinical_only",
     ):
-        assert f"| {variant} |" in table
+        assert f"| {variant} | " in table
+    assert table.count("(95% CI ") >= 12
+    assert "| baseline (clinical + image) |" in table
+
+    info = json.loads(
+        tace("model", "info", str(run / "model.safetensors"), "--json", data_dir=data_dir).stdout
+    )
+    assert info["demo"] is True and info["training"]["synthetic"] is True
+    assert info["training"]["class_counts"] == report["data"]["class_counts"]
+    assert info["validation"]["auc"] == summary["auc"]
+    assert 0.0 < info["threshold"] < 1.0
 
     evaluated = tace(
         "evaluate",
@@ -77,7 +100,111 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     assert evaluated.returncode == 0, evaluated.stderr
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["metrics"]["n"] == 24 and len(evaluation["cases"]) == 24
+    assert evaluation["metrics"]["threshold"] == info["threshold"]
     assert (tmp_path / "eval" / "roc.png").exists()
+
+
+def test_clinical_table_trains_clinical_only_as_a_demo_with_its_provenance(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    cohort = tmp_path / "table"
+    made = tace(
+        "model",
+        "cohort",
+        str(cohort),
+        "--shape",
+        "clinical-table",
+        "--cases",
+        "40",
+        "--progression-rate",
+        "0.1",
+        data_dir=data_dir,
+    )
+    assert made.returncode == 0, made.stderr
+    manifest = cohort / "manifest.csv"
+    assert "volume" not in manifest.read_text().splitlines()[0].split(",")
+    run = tmp_path / "run"
+    trained = tace(
+        "train",
+        str(manifest),
+        "--out",
+        str(run),
+        "--variant",
+        "clinical_only",
+        "--epochs",
+        "4",
+        "--min-epochs",
+        "2",
+        data_dir=data_dir,
+    )
+    assert trained.returncode == 0, trained.stderr
+    lines = trained.stdout.splitlines()
+    assert (
+        "note: only 4 progressive cases: 4 folds instead of 5, so every test fold holds at least one" in lines
+    )
+    assert f"report: {run / 'report.md'}" in lines
+    assert lines[-1].startswith(("WARNING: ", "no degenerate-model warnings"))
+    text = tace("model", "info", str(run / "model.safetensors"), data_dir=data_dir).stdout
+    assert "[DEMO - synthetic training data]" in text
+    assert "validated cross-validated (4-fold, pooled out-of-fold) AUC" in text
+    assert f"40 cases (4 progressive_disease, 36 disease_control); manifest {manifest}" in text
+    info = json.loads(
+        tace("model", "info", str(run / "model.safetensors"), "--json", data_dir=data_dir).stdout
+    )
+    assert "backbone" not in info["parameters"]
+    assert info["warnings"] == [line for line in lines[-1].removeprefix("WARNING: ").split(" | ")] or (
+        info["warnings"] == [] and lines[-1].startswith("no degenerate")
+    )
+
+
+def test_numeric_labels_without_positive_label_are_refused(tmp_path: Path, data_dir: Path) -> None:
+    manifest = tmp_path / "numeric.csv"
+    manifest.write_text(
+        "case_id,label,albumin\n" + "".join(f"c{i},{i % 2},{3 + i / 10}\n" for i in range(12))
+    )
+    refused = tace(
+        "train",
+        str(manifest),
+        "--out",
+        str(tmp_path / "run"),
+        "--variant",
+        "clinical_only",
+        data_dir=data_dir,
+    )
+    assert refused.returncode == 2
+    assert "line 2, column label, value '0': numeric labels are ambiguous" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 13
+    assert not (tmp_path / "run").exists()
+
+
+def test_manifest_units_are_converted_by_the_clinical_feeds_unit_table(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    manifest = tmp_path / "units.csv"
+    manifest.write_text(
+        "case_id,label,largest_tumour_diameter[cm],total_bilirubin[umol/L],albumin[furlong]\n"
+        "a,CR,4.5,17.104,3\n"
+    )
+    refused = tace(
+        "train",
+        str(manifest),
+        "--out",
+        str(tmp_path / "run"),
+        "--variant",
+        "clinical_only",
+        data_dir=data_dir,
+    )
+    assert refused.returncode == 2
+    problems = refused.stderr.splitlines()[1:]
+    assert problems == [
+        "  column 'albumin[furlong]': unit 'furlong' cannot be converted to g/dL (known: g/dl, g/l)"
+    ]
+    from model.schema import FeatureSchema
+    from tace.app.cli.modelcmd import unit_converter
+
+    convert = unit_converter(FeatureSchema.load())
+    assert convert("largest_tumour_diameter", 4.5, "cm") == 45.0
+    assert convert("total_bilirubin", 17.104, "umol/L") == pytest.approx(1.0, abs=1e-3)
 
 
 def test_model_info_of_a_demo_checkpoint(demo_checkpoint: Path, data_dir: Path) -> None:
