@@ -3,7 +3,9 @@
 Built with highdicom: device observer (the model, with a Device UID per model
 version), procedure reported (the CT), one measurement group with the algorithm
 identification (TID 4019: CLDCA, version, checkpoint hash), the predicted
-response, the probability of disease control, and the clinical-data status.
+response, the probability of disease control with the decision threshold it was
+judged against, the clinical-data status, and next to the research-use caveat the
+model's validated AUC with its CI (and DEMO for a model trained on synthetic data).
 Evidence is the source CT; the SR joins the CT's study in its own series,
 UNVERIFIED, with Contributing Equipment as IHE AI Results asks. UIDs derive from
 (series, model version, job generation), so a redelivered job regenerates the
@@ -47,6 +49,7 @@ PREDICTED_RESPONSE = CodedConcept("TACE-RESP", SCHEME, "Predicted response to TA
 DISEASE_CONTROL = CodedConcept("DC", SCHEME, "Disease control (CR+PR+SD)")
 PROGRESSIVE_DISEASE = CodedConcept("PD", SCHEME, "Progressive disease")
 PROBABILITY = CodedConcept("TACE-PDC", SCHEME, "Probability of disease control")
+THRESHOLD = CodedConcept("TACE-THR", SCHEME, "Decision threshold for disease control")
 CLINICAL_STATUS = CodedConcept("TACE-CLIN", SCHEME, "Clinical data status")
 CLINICAL_COMPLETE = CodedConcept("COMPLETE", SCHEME, "Complete")
 CLINICAL_INCOMPLETE = CodedConcept("INCOMPLETE", SCHEME, "Incomplete, missing values imputed")
@@ -88,6 +91,10 @@ class SrContent:
     checkpoint_sha256: str
     demo: bool
     missing_features: Sequence[str]
+    threshold: float = 0.5
+    """The checkpoint's decision threshold on the probability, chosen in cross-validation."""
+    validation: str | None = None
+    """The checkpoint's validated AUC with its CI, in words."""
 
     @classmethod
     def of(cls, prediction: PredictionResult) -> SrContent:
@@ -99,11 +106,14 @@ class SrContent:
             prediction.checkpoint_sha256,
             prediction.demo,
             prediction.missing_features,
+            prediction.threshold,
+            prediction.validation,
         )
 
 
 def _disclaimer(content: SrContent) -> str:
     text = "Research use only; not for clinical decisions."
+    text += f" Validation: {content.validation}." if content.validation else " Validation: none recorded."
     if content.demo:
         text += (
             f" The model that produced this result ({content.model_name} {content.model_version}) "
@@ -141,7 +151,10 @@ def build_sr(evidence: Sequence[Dataset], content: SrContent, identity: SrIdenti
             identifier="TACE response prediction",
         ),
         algorithm_id=algorithm,
-        measurements=[Measurement(name=PROBABILITY, value=round(content.probability, 4), unit=UNITLESS)],
+        measurements=[
+            Measurement(name=PROBABILITY, value=round(content.probability, 4), unit=UNITLESS),
+            Measurement(name=THRESHOLD, value=round(content.threshold, 4), unit=UNITLESS),
+        ],
         qualitative_evaluations=evaluations,
     )
     group[0].ContentSequence.extend(_text_items(content))

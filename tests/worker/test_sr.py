@@ -27,6 +27,8 @@ def _content(**changes) -> SrContent:
         checkpoint_sha256="ab" * 32,
         demo=True,
         missing_features=["albumin", "afp"],
+        threshold=0.8731,
+        validation="cross-validated (5-fold, pooled out-of-fold) AUC 0.71 (95% CI 0.55-0.86) on 96 cases",
     )
     values.update(changes)
     return SrContent(**values)
@@ -59,6 +61,11 @@ def test_sr_validates_with_dciodvfy_and_reads_with_dsrdump(tmp_path: Path) -> No
     assert '(DC,99TACE,"Disease control (CR+PR+SD)")' in dump
     assert 'TEXT:(,,"Algorithm Name")="CLDCA"' in dump and 'TEXT:(,,"Algorithm Version")="demo-1"' in dump
     assert 'TEXT:(,,"Missing clinical features")="albumin, afp"' in dump
+    assert 'NUM:(,,"Decision threshold for disease control")="0.8731" (1,UCUM,"no units")' in dump
+    assert (
+        "Research use only; not for clinical decisions. Validation: cross-validated (5-fold, pooled "
+        "out-of-fold) AUC 0.71 (95% CI 0.55-0.86) on 96 cases. The model that produced" in dump
+    )
     assert "DEMO model trained on synthetic data" in dump
     assert "Verification Flag   : UNVERIFIED" in dump
 
@@ -116,3 +123,30 @@ def test_c_store_status_classes(status: int, expected: tuple[bool, bool]) -> Non
     from worker.send import classify
 
     assert classify(status) == expected
+
+
+def test_sr_of_a_demo_checkpoint_says_demo_its_threshold_and_validated_auc(demo_checkpoint: Path) -> None:
+    from model.checkpoint import read_meta
+    from model.predictor import Predictor
+    from model.synthetic import make_cohort
+
+    (case,) = make_cohort(1, seed=3, slices=6, size=32)
+    prediction = Predictor.load(demo_checkpoint, device="cpu").predict(case.volume_hu, case.clinical)
+    meta = read_meta(demo_checkpoint)
+    headers = _headers()
+    sr = build_sr(headers, SrContent.of(prediction), sr_identity(headers[0].SeriesInstanceUID, "demo-1", 1))
+    assert "DEMO" in sr.SeriesDescription
+    group = sr.ContentSequence[-1].ContentSequence[0].ContentSequence
+    numbers = {
+        item.ConceptNameCodeSequence[0].CodeMeaning: float(item.MeasuredValueSequence[0].NumericValue)
+        for item in group
+        if item.ValueType == "NUM"
+    }
+    assert numbers["Decision threshold for disease control"] == pytest.approx(meta.threshold, abs=1e-4)
+    texts = [item.TextValue for item in group if item.ValueType == "TEXT"]
+    caveat = next(t for t in texts if t.startswith("Research use only"))
+    auc = meta.validation["auc"]
+    assert (
+        f"Validation: held-out AUC {auc['value']:.2f} (95% CI {auc['low']:.2f}-{auc['high']:.2f})" in caveat
+    )
+    assert "synthetic cases" in caveat and "DEMO model trained on synthetic data" in caveat

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +40,37 @@ def _volume_loader() -> Any:
     return default_loader(read_series_folder)
 
 
+def unit_converter(schema: Any) -> Any:
+    """Manifest ``column[unit]`` values converted by the clinical feed's own unit table."""
+    from hl7_clinical.codes import CodeMap, CodeMapError
+    from hl7_clinical.definitions import definitions_from_schema
+
+    definitions = definitions_from_schema(schema.to_dict())
+    by_feature = {m.feature: m for m in CodeMap.load(definitions).loinc_columns().values()}
+
+    def convert(feature: str, value: float, unit: str) -> float:
+        mapping = by_feature.get(feature)
+        if mapping is None:
+            raise ValueError(
+                f"the unit table has no conversions for {feature}; give it in {definitions[feature].unit}"
+            )
+        try:
+            return mapping.convert(value, unit)
+        except CodeMapError as exc:
+            raise ValueError(str(exc)) from None
+
+    return convert
+
+
+PositiveLabel = Annotated[
+    str | None,
+    typer.Option(
+        help="For numeric labels: the value that codes progressive disease (the other means disease "
+        "control). Needed because sites code it both ways round."
+    ),
+]
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -51,9 +81,35 @@ def train(
         bool, typer.Option(help="Cross-validate every ablation and write the table.")
     ] = False,
     folds: Annotated[int, typer.Option(help="Stratified cross-validation folds.")] = 5,
-    epochs: Annotated[int, typer.Option()] = 40,
+    repeats: Annotated[
+        int, typer.Option(help="Repeat the cross-validation with new folds; reports the spread.")
+    ] = 1,
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping usually ends sooner.")] = 100,
+    min_epochs: Annotated[int, typer.Option(help="No earlier epoch is chosen by early stopping.")] = 20,
+    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 10,
+    inner_folds: Annotated[
+        int, typer.Option(help="Inner cross-validation folds that decide when to stop.")
+    ] = 3,
     batch_size: Annotated[int, typer.Option()] = 32,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-4,
+    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW decoupled weight decay.")] = 10.0,
+    class_weights: Annotated[
+        bool, typer.Option(help="Weigh each class half of the loss, whatever its size.")
+    ] = True,
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option(
+            help="Choose the threshold for this sensitivity for progression on the training data "
+            "(default: Youden's J)."
+        ),
+    ] = None,
+    calibration: Annotated[
+        str | None, typer.Option(help="Recalibrate inside CV: platt or isotonic (default: none).")
+    ] = None,
+    positive_label: PositiveLabel = None,
+    demo: Annotated[
+        bool, typer.Option(help="Flag the checkpoint as a demo (toy data); synthetic cohorts always are.")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     freeze_backbone: Annotated[
         bool,
@@ -73,9 +129,16 @@ def train(
     ] = None,
     version: Annotated[str, typer.Option(help="Version recorded in the checkpoint and the SRs.")] = "1",
     cache_dir: Annotated[Path | None, typer.Option(help="Keep backbone features here between runs.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: 1 for clinical-only, else torch's choice).")
+    ] = None,
     device: Device = None,
 ) -> None:
-    """Train CLDCA with stratified k-fold cross-validation, then fit the final model on all cases."""
+    """Train CLDCA in repeated stratified CV against a logistic baseline, then fit it on all cases.
+
+    The last line says whether the model is usable: a WARNING when it predicts one
+    class for almost everyone or its AUC interval contains chance.
+    """
     from model.config import CLDCAConfig, PreprocessConfig, Variant
     from model.schema import FeatureSchema
     from model.training import TrainSettings
@@ -92,7 +155,21 @@ def train(
             clinical_inputs=len(feature_schema.columns),
         )
         preprocess = PreprocessConfig(window_center, window_width, image_size, max_slices)
-        settings = TrainSettings(epochs, batch_size, learning_rate, folds=folds, seed=seed)
+        settings = TrainSettings(
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            folds=folds,
+            repeats=repeats,
+            seed=seed,
+            inner_folds=inner_folds,
+            patience=patience,
+            min_epochs=min_epochs,
+            class_weighting=class_weights,
+            target_sensitivity=target_sensitivity,
+            calibration=calibration,  # type: ignore[arg-type]
+        )
         with progress_bars() as report:
             outcome = train_from_manifest(
                 manifest,
@@ -108,16 +185,30 @@ def train(
                 version=version,
                 cache_dir=cache_dir,
                 progress=report,
+                units=unit_converter(feature_schema),
+                positive_label=positive_label,
+                demo=demo,
+                threads=threads,
             )
     except _model_errors() as exc:
         fail(str(exc))
-    for result in outcome.results:
-        auc = result.summary()["auc"]
+    for summary in outcome.summaries:
+        for note in summary.notes:
+            typer.echo(f"note: {note}")
         typer.echo(
-            f"{result.variant}: AUC {auc['mean']:.3f} ± {auc['sd']:.3f} over {len(result.folds)} folds"
+            f"{summary.variant}: AUC {summary.auc}; baseline {summary.baseline_auc} "
+            f"({summary.folds}-fold x {summary.repeats}, {summary.cases} cases, "
+            f"{summary.progressions} progressive)"
         )
-    typer.echo(f"report: {outcome.report_dir / 'report.md'}")
-    typer.echo(f"checkpoint: {outcome.checkpoint} (sha256 {outcome.checkpoint_sha256[:16]})")
+    main = next(s for s in outcome.summaries if s.variant == variant)
+    typer.echo(main.verdict)
+    typer.echo(f"report: {outcome.report}")
+    flag = " [DEMO: synthetic or toy training data]" if outcome.demo else ""
+    typer.echo(f"checkpoint: {outcome.checkpoint} (sha256 {outcome.checkpoint_sha256[:16]}){flag}")
+    if outcome.warnings:
+        typer.echo("WARNING: " + " | ".join(outcome.warnings))
+    else:
+        typer.echo(f"no degenerate-model warnings; AUC {main.auc}")
 
 
 @app.command()
@@ -126,26 +217,40 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to evaluate.")],
     manifest: Manifest,
     out: Out,
+    positive_label: PositiveLabel = None,
     device: Device = None,
 ) -> None:
-    """Evaluate a checkpoint on a labelled manifest: metrics, ROC and calibration plots."""
+    """Evaluate a checkpoint on a labelled manifest at its own threshold: metrics, ROC, calibration."""
+    from model.checkpoint import read_meta
     from model.workflows import evaluate_checkpoint
     from tace.app.cli.progress import progress_bars
 
     device = device or runtime_of(ctx).settings.device
     try:
+        units = unit_converter(read_meta(checkpoint).schema)
         with progress_bars() as report:
-            metrics = evaluate_checkpoint(
-                checkpoint, manifest, out, loader=_volume_loader(), device=device, progress=report
+            metrics, warnings = evaluate_checkpoint(
+                checkpoint,
+                manifest,
+                out,
+                loader=_volume_loader(),
+                device=device,
+                progress=report,
+                units=units,
+                positive_label=positive_label,
             )
     except _model_errors() as exc:
         fail(str(exc))
+    ci = metrics["auc_ci"]
     typer.echo(
-        f"AUC {metrics['auc']:.3f}, accuracy {metrics['accuracy']:.3f}, "
-        f"precision {metrics['precision']:.3f}, "
-        f"recall {metrics['recall']:.3f} on {metrics['n']} cases"
+        f"AUC {metrics['auc']:.3f} (95% CI {ci['low']:.3f}-{ci['high']:.3f}), balanced accuracy "
+        f"{metrics['balanced_accuracy']:.3f}, sensitivity {metrics['sensitivity']:.3f} and specificity "
+        f"{metrics['specificity']:.3f} for progression at threshold {metrics['threshold']:.3f}, "
+        f"on {metrics['n']} cases"
     )
     typer.echo(f"report: {out / 'evaluation.md'}")
+    if warnings:
+        typer.echo("WARNING: " + " | ".join(warnings))
 
 
 @model_app.command("demo")
@@ -182,19 +287,36 @@ def model_demo(
 @model_app.command("cohort")
 def model_cohort(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Argument(help="Folder for manifest.csv and volumes/.")],
+    out: Annotated[Path, typer.Argument(help="Folder for manifest.csv (and volumes/).")],
+    shape: Annotated[
+        str,
+        typer.Option(
+            help="planted: CT volumes and labs with a planted signal, balanced; clinical-table: "
+            "no images, few progressions, a dozen weakly informative columns, some missing."
+        ),
+    ] = "planted",
     cases: Annotated[int, typer.Option()] = 160,
     slices: Annotated[int, typer.Option()] = 8,
     size: Annotated[int, typer.Option(help="Rows and columns of each volume.")] = 64,
+    progression_rate: Annotated[float, typer.Option(help="clinical-table: share of progressions.")] = 0.0625,
     seed: Annotated[int, typer.Option()] = 0,
     distractors: Annotated[bool, typer.Option(help="Random values for the unplanted features.")] = True,
 ) -> None:
-    """Write a synthetic cohort (planted signal in CT and labs) to try `tace train` on."""
-    from model.synthetic import make_cohort, write_cohort
+    """Write a synthetic cohort to try `tace train` on; its manifest is marked synthetic (demo models)."""
+    from model.synthetic import CLINICAL_TABLE_COLUMNS, make_clinical_table, make_cohort, write_cohort
 
     runtime_of(ctx).configure()
-    cohort = make_cohort(cases, seed=seed, slices=slices, size=size, distractors=distractors)
-    manifest = write_cohort(cohort, out)
+    if shape == "planted":
+        cohort = make_cohort(cases, seed=seed, slices=slices, size=size, distractors=distractors)
+        manifest = write_cohort(cohort, out)
+    elif shape == "clinical-table":
+        try:
+            cohort = make_clinical_table(cases, progression_rate=progression_rate, seed=seed)
+        except ValueError as exc:
+            fail(str(exc))
+        manifest = write_cohort(cohort, out, columns=CLINICAL_TABLE_COLUMNS)
+    else:
+        fail(f"--shape {shape!r} is not planted or clinical-table")
     controls = sum(c.label for c in cohort)
     typer.echo(
         f"{manifest}: {cases} synthetic cases ({controls} disease control, {cases - controls} progressive)"
@@ -222,6 +344,11 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
             "features": len(meta.schema.features),
         },
         "parameters": loaded.model.parameter_counts(),
+        "threshold": meta.threshold,
+        "calibration": meta.calibration,
+        "validation": meta.validation,
+        "validation_statement": meta.validation_statement,
+        "warnings": meta.warnings,
         "metrics": meta.metrics,
         "training": meta.training,
     }
@@ -251,7 +378,7 @@ def model_info(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show a checkpoint's metadata, metrics and parameter counts per branch (default: the active one)."""
+    """Show a checkpoint's metadata, validation, data provenance and parameters (default: the active one)."""
     if checkpoint is None:
         checkpoint = active_checkpoint(runtime_of(ctx).settings)
     try:
@@ -263,6 +390,8 @@ def model_info(
         return
     flag = "  [DEMO - synthetic training data]" if info["demo"] else ""
     typer.echo(f"{info['model_name']} {info['version']} ({info['variant']}){flag}")
+    for warning in info["warnings"]:
+        typer.echo(f"  WARNING   {warning}")
     typer.echo(f"  file      {info['path']}")
     typer.echo(f"  sha256    {info['sha256']}")
     typer.echo(f"  created   {info['created_at']}")
@@ -272,11 +401,26 @@ def model_info(
         f"  input     window {pre['window_center']}/{pre['window_width']} HU, {pre['image_size']} px, "
         f"max slices {pre['max_slices'] or 'all'}"
     )
+    rule = info["validation"].get("threshold_rule")
+    typer.echo(
+        f"  decision  disease control when P >= {info['threshold']:.3f}"
+        + (f" ({rule})" if rule else "")
+        + (f", {info['calibration']['method']} calibration" if info["calibration"] else "")
+    )
+    if info["validation_statement"]:
+        typer.echo(f"  validated {info['validation_statement']}")
+    if "verdict" in info["validation"]:
+        typer.echo(f"  baseline  {info['validation']['verdict']}")
+    training = info["training"]
+    if "manifest_sha256" in training:
+        counts = ", ".join(f"{v} {k}" for k, v in training["class_counts"].items())
+        typer.echo(
+            f"  data      {training['cases']} cases ({counts}); manifest {training['manifest']} "
+            f"sha256 {training['manifest_sha256'][:16]}"
+        )
     typer.echo("  parameters")
     for name, count in info["parameters"].items():
         typer.echo(f"    {name:<20} {count:>12,}")
-    if info["metrics"]:
-        typer.echo(f"  metrics   {json.dumps(info['metrics'])}")
 
 
 @bench_app.command("model")
@@ -361,6 +505,8 @@ def predict(
             {
                 "probability_disease_control": p.probability,
                 "label": p.label,
+                "threshold": p.threshold,
+                "validation": p.validation,
                 "model_name": p.model_name,
                 "model_version": p.model_version,
                 "checkpoint_sha256": p.checkpoint_sha256,
@@ -378,7 +524,8 @@ def predict(
         return
     flag = "  [DEMO model: synthetic training data, no clinical meaning]" if p.demo else ""
     typer.echo(
-        f"{p.label} (probability of disease control {p.probability:.3f}) by {p.model_name} "
+        f"{p.label} (probability of disease control {p.probability:.3f}, threshold {p.threshold:.3f}) "
+        f"by {p.model_name} "
         f"{p.model_version}{flag}"
     )
     typer.echo(
