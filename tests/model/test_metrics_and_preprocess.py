@@ -147,3 +147,19 @@ def test_long_series_are_evenly_subsampled() -> None:
     assert (
         preprocess_volume(torch.zeros(100, 8, 8), PreprocessConfig(image_size=8, max_slices=5)).shape[0] == 5
     )
+
+
+def test_degenerate_models_are_flagged() -> None:
+    from model.metrics import Estimate
+    from model.validation import degenerate_warnings
+
+    everyone_controlled = classification_metrics(Y, P, threshold=0.05)
+    assert everyone_controlled.predicted_progression == 0.0
+    assert degenerate_warnings("CLDCA", [everyone_controlled], Estimate(0.875, 0.7, 1.0)) == [
+        "DEGENERATE: CLDCA predicts disease control for 100% of cases; "
+        "it does not tell the classes apart at its threshold"
+    ]
+    assert degenerate_warnings("CLDCA", [classification_metrics(Y, P)], Estimate(0.6, 0.45, 0.8)) == [
+        "NOT BETTER THAN CHANCE: CLDCA's AUC 0.600 (95% CI 0.450-0.800) has a 95% CI that contains 0.5"
+    ]
+    assert degenerate_warnings("CLDCA", [classification_metrics(Y, P)], Estimate(0.875, 0.6, 1.0)) == []

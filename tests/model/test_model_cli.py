@@ -135,6 +135,8 @@ def test_clinical_table_trains_clinical_only_as_a_demo_with_its_provenance(
         "4",
         "--min-epochs",
         "2",
+        "--calibration",
+        "isotonic",
         data_dir=data_dir,
     )
     assert trained.returncode == 0, trained.stderr
@@ -151,7 +153,8 @@ def test_clinical_table_trains_clinical_only_as_a_demo_with_its_provenance(
     info = json.loads(
         tace("model", "info", str(run / "model.safetensors"), "--json", data_dir=data_dir).stdout
     )
-    assert "backbone" not in info["parameters"]
+    assert "backbone" not in info["parameters"] and info["calibration"]["method"] == "isotonic"
+    assert "isotonic calibration fitted inside each training fold" in (run / "report.md").read_text()
     assert info["warnings"] == [line for line in lines[-1].removeprefix("WARNING: ").split(" | ")] or (
         info["warnings"] == [] and lines[-1].startswith("no degenerate")
     )

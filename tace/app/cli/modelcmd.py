@@ -277,10 +277,13 @@ def model_demo(
             )
     except _model_errors() as exc:
         fail(str(exc))
-    held_out = meta.metrics["held_out"]
+    held_out, auc = meta.metrics["held_out"], meta.validation["auc"]
     typer.echo(
-        f"demo checkpoint {path}: held-out AUC {held_out['auc']:.3f} on {held_out['n']} synthetic cases"
+        f"demo checkpoint {path}: held-out AUC {held_out['auc']:.3f} (95% CI {auc['low']:.3f}-"
+        f"{auc['high']:.3f}) on {held_out['n']} synthetic cases, threshold {meta.threshold:.3f}"
     )
+    for warning in meta.warnings:
+        typer.echo(f"WARNING: {warning}")
     typer.echo("DEMO weights trained on synthetic data: research use only, no clinical meaning.")
 
 
