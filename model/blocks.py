@@ -80,6 +80,9 @@ class ClinicalEncoder(nn.Module):
     constant; on a hundred cases that alone costs the network its signal.
     """
 
+    input_mean: Tensor
+    input_scale: Tensor
+
     def __init__(
         self, inputs: int, hidden: tuple[int, ...], dropout: float, standardize: bool = False
     ) -> None:

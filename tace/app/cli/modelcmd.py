@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tace.app.cli.base import app, bench_app, fail, model_app, print_json, runtime_of
 from tace.settings import Settings
+
+if TYPE_CHECKING:
+    from model.data import UnitConverter
+    from model.schema import FeatureSchema
 
 Manifest = Annotated[Path, typer.Argument(help="CSV: case_id, label, volume, then one column per feature.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for the report, plots and checkpoint.")]
@@ -40,12 +44,11 @@ def _volume_loader() -> Any:
     return default_loader(read_series_folder)
 
 
-def unit_converter(schema: Any) -> Any:
+def unit_converter(schema: FeatureSchema) -> UnitConverter:
     """Manifest ``column[unit]`` values converted by the clinical feed's own unit table."""
     from hl7_clinical.codes import CodeMap, CodeMapError
-    from hl7_clinical.definitions import definitions_from_schema
 
-    definitions = definitions_from_schema(schema.to_dict())
+    definitions = schema.by_name()
     by_feature = {m.feature: m for m in CodeMap.load(definitions).loinc_columns().values()}
 
     def convert(feature: str, value: float, unit: str) -> float:
