@@ -205,11 +205,6 @@ class Metrics:
     def as_dict(self) -> dict[str, float]:
         return {k: (float(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
-    @property
-    def majority_fraction(self) -> float:
-        """Fraction of cases given the more often predicted class."""
-        return max(self.predicted_progression, 1.0 - self.predicted_progression)
-
 
 METRIC_NAMES = tuple(
     name for name in Metrics.__dataclass_fields__ if name not in ("n", "progressions", "threshold")

@@ -94,6 +94,9 @@ METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
 
 
 def _pm(values: dict[str, float]) -> str:
+    """Mean ± sd; the mean alone when there was one value (no spread to show)."""
+    if np.isnan(values["sd"]):
+        return f"{values['mean']:.3f}"
     return f"{values['mean']:.3f} ± {values['sd']:.3f}"
 
 
@@ -258,7 +261,7 @@ def write_ablation_table(
     path = out / "ablations.md"
     path.write_text(
         "# CLDCA ablations\n\n"
-        + "\n".join(_warning_lines(warnings))
+        + "".join(line + "\n" for line in _warning_lines(warnings))
         + "AUC of the pooled out-of-fold predictions with 95% bootstrap CIs; differences are paired "
         "(same cases, same folds, same resamples). Other columns: mean ± sd over repeats; precision "
         "and recall count disease control as positive, sensitivity and specificity progression.\n\n"

@@ -1,17 +1,21 @@
-"""Training and cross-validation of CLDCA: the paper's protocol, made safe for small cohorts.
+"""Training and cross-validation of CLDCA, made trustworthy for small, imbalanced cohorts.
 
-The paper's network and optimiser (Adam at 1e-4, batches of 32, dropout 0.1) in
-repeated stratified k-fold cross-validation, plus what a site's 50-300 cases with
-few progressions need so the numbers can be trusted:
+The paper's network (dropout 0.1, batches of 32) in repeated stratified k-fold
+cross-validation. The paper trained Adam at 1e-4 on 181 patients; a site
+validating on 50-300 cases with few progressions needs more so the numbers can be
+trusted, and the defaults say so:
 
-- class-weighted loss (each class weighs half), weight decay, and early stopping
-  on the weighted loss of an inner validation split (a stratified fifth of each
-  training fold); the weights of the best epoch are kept;
-- optional recalibration (Platt or isotonic) fitted on that inner split;
-- the decision threshold chosen on the training fold only, by Youden's J or for a
-  target sensitivity for progression, so the test fold never informs it;
+- class-weighted loss (each class weighs half), AdamW at 1e-3 with strong
+  decoupled weight decay, clinical inputs standardized by training statistics;
+- early stopping on the pooled held-out loss of inner stratified folds of each
+  training fold (after a warm-up), then one refit on the whole training fold for
+  the chosen number of epochs;
+- optional recalibration (Platt or isotonic) and the decision threshold (Youden's
+  J, or a target sensitivity for progression) chosen on those inner held-out
+  predictions, so the test fold never informs either;
 - fewer folds, with a note, when a class has fewer cases than folds, and a
-  refusal below three cases, so no fold is ever left without a class.
+  refusal below three cases, so no fold is ever left without a class;
+- a logistic-regression baseline on the same folds (``model.baseline``).
 
 The clinical normalization is fitted on each training fold only. With a frozen
 backbone the per-slice ResNet-50 features are computed once per case and reused
@@ -96,9 +100,10 @@ class TrainSettings:
 
     @property
     def threshold_rule(self) -> str:
+        where = "inner cross-validated predictions of the training data"
         if self.target_sensitivity is None:
-            return "Youden's J on the training data"
-        return f"sensitivity for progression >= {self.target_sensitivity:g} on the training data"
+            return f"Youden's J on {where}"
+        return f"sensitivity for progression >= {self.target_sensitivity:g} on {where}"
 
     def to_dict(self) -> dict[str, object]:
         return {

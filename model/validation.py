@@ -2,10 +2,10 @@
 
 The headline is the AUC of the pooled out-of-fold predictions (averaged over
 repeats) with a stratified bootstrap 95% CI, next to the logistic baseline on the
-same folds and their paired difference. Two guards turn a useless model into a
+same folds and their paired difference. Guards turn a useless model into a
 warning that every surface repeats (report, checkpoint, `tace model info`, the
 last line of `tace train`): one class predicted for almost everyone, or an AUC
-whose interval contains chance.
+whose interval contains chance (or lies wholly below it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def spread(values: list[float]) -> dict[str, float]:
         return {"mean": float("nan"), "sd": float("nan")}
     return {
         "mean": float(finite.mean()),
-        "sd": float(finite.std(ddof=1)) if len(finite) > 1 else 0.0,
+        "sd": float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
     }
 
 
@@ -51,6 +51,11 @@ def degenerate_warnings(subject: str, metrics: list[Metrics], auc: Estimate | No
         )
     if auc is not None and auc.contains(0.5):
         out.append(f"NOT BETTER THAN CHANCE: {subject}'s AUC {auc} has a 95% CI that contains 0.5")
+    elif auc is not None and auc.high < 0.5:
+        out.append(
+            f"WORSE THAN CHANCE: {subject}'s AUC {auc} lies below 0.5; "
+            "on held-out cases its ranking is inverted"
+        )
     return out
 
 

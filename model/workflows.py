@@ -32,6 +32,7 @@ from model.training import (
     initial_backbone_state,
     no_progress,
     prepare_samples,
+    score,
     stratified_folds,
 )
 from model.validation import CvSummary, degenerate_warnings, summarize
@@ -286,8 +287,6 @@ def evaluate_checkpoint(
         progress=progress,
         uses_image=uses_image,
     )
-    from model.training import score
-
     y_score = score(loaded.model, samples, meta.schema, meta.normalization, target)
     if meta.calibrator is not None:
         y_score = meta.calibrator.apply(y_score)

@@ -64,7 +64,7 @@ def test_both_classes_metrics_against_hand_computed_values() -> None:
     # Progression ranked by 1 - p: 0.9 (PD), 0.7, 0.6 (PD): 0.5 * 1 + 0.5 * 2/3.
     assert m.pr_auc == pytest.approx(0.5 + 1 / 3)
     assert m.brier == pytest.approx((0.01 + 0.04 + 0.16 + 0.49 + 0.16 + 0.01) / 6)
-    assert m.predicted_progression == 0.5 and m.majority_fraction == 0.5
+    assert m.predicted_progression == 0.5
     assert average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])) == pytest.approx(5 / 6)
 
 
@@ -163,3 +163,7 @@ def test_degenerate_models_are_flagged() -> None:
         "NOT BETTER THAN CHANCE: CLDCA's AUC 0.600 (95% CI 0.450-0.800) has a 95% CI that contains 0.5"
     ]
     assert degenerate_warnings("CLDCA", [classification_metrics(Y, P)], Estimate(0.875, 0.6, 1.0)) == []
+    assert degenerate_warnings("CLDCA", [classification_metrics(Y, P)], Estimate(0.24, 0.09, 0.43)) == [
+        "WORSE THAN CHANCE: CLDCA's AUC 0.240 (95% CI 0.090-0.430) lies below 0.5; "
+        "on held-out cases its ranking is inverted"
+    ]

@@ -50,6 +50,8 @@ def test_train_and_evaluate_end_to_end(tmp_path: Path, data_dir: Path) -> None:
         "--image-size",
         "32",
         "--ablations",
+        "--threads",
+        "1",
         data_dir=data_dir,
     )
     assert trained.returncode == 0, trained.stderr
