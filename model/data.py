@@ -190,6 +190,8 @@ class _Labels:
         lowered = text.strip().lower()
         if lowered in LABELS:
             return LABELS[lowered]
+        if lowered in MISSING:
+            raise ValueError(f"missing; expected {ACCEPTED_LABELS}")
         if self.positive is None:
             if _is_number(lowered):
                 raise ValueError(
@@ -199,6 +201,8 @@ class _Labels:
             raise ValueError(f"expected {ACCEPTED_LABELS}")
         if lowered == self.positive:
             return 0
+        if _is_number(self.positive) and not _is_number(lowered):
+            raise ValueError(f"expected a numeric code like {self.positive!r} or {ACCEPTED_LABELS}")
         if self.other is None:
             self.other = lowered
         if lowered == self.other:

@@ -91,9 +91,17 @@ def test_numeric_labels_need_the_value_that_codes_progression(tmp_path: Path, sc
     assert [c.label for c in flipped.cases] == [1, 0, 0]
     with pytest.raises(ManifestError, match="no row has the value '2'"):
         read_manifest(path, schema, needs_volume=False, positive_label="2")
-    third = _write(tmp_path, "case_id,label\na,1\nb,0\nc,2\n")
-    with pytest.raises(ManifestError, match="line 4, column label, value '2': .* a third code"):
+    third = _write(tmp_path, "case_id,label\na,1\nb,0\nc,2\nd,NA\ne,maybe\n")
+    with pytest.raises(ManifestError) as caught:
         read_manifest(third, schema, needs_volume=False, positive_label="1")
+    assert str(caught.value).splitlines()[1:] == [
+        "  line 4, column label, value '2': with '1' coding progressive disease and '0' disease control, "
+        "a third code is not allowed (or use CR, PR, SD, PD, disease_control or progressive_disease)",
+        "  line 5, column label, value 'NA': missing; expected CR, PR, SD, PD, disease_control or "
+        "progressive_disease",
+        "  line 6, column label, value 'maybe': expected a numeric code like '1' or CR, PR, SD, PD, "
+        "disease_control or progressive_disease",
+    ]
 
 
 def test_volumes_are_required_only_for_image_models(tmp_path: Path, schema: FeatureSchema) -> None:
