@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.calibration import CalibrationMethod
 from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from model.config import CLDCAConfig, PreprocessConfig, Variant
 from model.data import Manifest, UnitConverter, VolumeLoader, load_cached_volume, read_manifest
@@ -84,8 +85,9 @@ def _final_warnings(fitted: FittedModel, labels: np.ndarray) -> list[str]:
 def torch_threads(count: int | None) -> Iterator[None]:
     """Run with ``count`` intra-op threads (None: leave torch's choice), restoring it after.
 
-    The clinical-only network multiplies matrices of a few thousand numbers; extra
-    threads only synchronise, and on a busy machine one thread is many times faster.
+    Trained on cached slice features or clinical values alone, the network multiplies
+    small matrices; extra threads only synchronise, and on a busy machine one thread
+    is several times faster (the ResNet-50 feature pass keeps torch's choice).
     """
     previous = torch.get_num_threads()
     if count is not None:
@@ -119,8 +121,9 @@ def train_from_manifest(
     """Cross-validate (every ablation too, if asked) against the baseline, then fit on all cases.
 
     A manifest marked synthetic always yields a ``demo: true`` checkpoint; ``demo``
-    flags other toy data. Clinical-only training reads no volume and builds no backbone,
-    and runs on one thread unless ``threads`` says otherwise.
+    flags other toy data. Clinical-only training reads no volume and builds no backbone.
+    Training on cached features or clinical values runs on one thread unless
+    ``threads`` says otherwise.
     """
     torch.set_flush_denormal(True)
     schema = schema or FeatureSchema.load()
@@ -128,26 +131,28 @@ def train_from_manifest(
         config = dataclasses.replace(config, clinical_inputs=len(schema.columns))
     variants = list(Variant) if ablations else [config.variant]
     uses_image = any(v.uses_image for v in variants)
-    with torch_threads(threads if threads is not None or uses_image else 1):
-        return _train(
-            manifest,
-            out,
-            loader,
-            config,
-            preprocess,
-            settings,
-            schema,
-            backbone_weights,
-            variants,
-            uses_image,
-            device,
-            version,
-            cache_dir,
-            progress,
-            units,
-            positive_label,
-            demo,
-        )
+    if threads is None and (config.freeze_backbone or not uses_image):
+        threads = 1
+    return _train(
+        manifest,
+        out,
+        loader,
+        config,
+        preprocess,
+        settings,
+        schema,
+        backbone_weights,
+        variants,
+        uses_image,
+        device,
+        version,
+        cache_dir,
+        progress,
+        units,
+        positive_label,
+        demo,
+        threads,
+    )
 
 
 def _train(
@@ -168,6 +173,7 @@ def _train(
     units: UnitConverter | None,
     positive_label: str | None,
     demo: bool,
+    threads: int | None,
 ) -> TrainOutcome:
     ablations = len(variants) > 1
     data = read_manifest(
@@ -195,7 +201,10 @@ def _train(
     calibration = settings.calibration.value if settings.calibration else None
     for variant in variants:
         variant_config = dataclasses.replace(config, variant=variant)
-        result = cross_validate(variant_config, samples, schema, settings, backbone_state, target, progress)
+        with torch_threads(threads):
+            result = cross_validate(
+                variant_config, samples, schema, settings, backbone_state, target, progress
+            )
         summary = summarize(result, settings.threshold_rule, calibration, seed=settings.seed)
         write_cv_report(
             result,
@@ -209,17 +218,18 @@ def _train(
     if ablations:
         report = write_ablation_table(results, summaries, out)
     main = next(s for s in summaries if s.variant == config.variant.value)
-    fitted = fit(
-        config,
-        samples,
-        schema,
-        settings,
-        backbone_state,
-        target,
-        seed=settings.seed,
-        progress=progress,
-        description="final model",
-    )
+    with torch_threads(threads):
+        fitted = fit(
+            config,
+            samples,
+            schema,
+            settings,
+            backbone_state,
+            target,
+            seed=settings.seed,
+            progress=progress,
+            description="final model",
+        )
     labels = np.asarray([s.label for s in samples])
     warnings = main.warnings + _final_warnings(fitted, labels)
     repeats = f" x {settings.repeats}" if settings.repeats > 1 else ""
@@ -326,6 +336,8 @@ class DemoRecipe:
     learning_rate: float = 1e-3
     seed: int = 7
     min_epochs: int = 20
+    calibration: CalibrationMethod | None = CalibrationMethod.platt
+    """Class-weighted training leaves probabilities off the event rate; the SR shows them."""
 
 
 def make_demo_checkpoint(
@@ -347,6 +359,7 @@ def make_demo_checkpoint(
         seed=recipe.seed,
         folds=4,
         min_epochs=min(recipe.min_epochs, recipe.epochs),
+        calibration=recipe.calibration,
     )
     cohort = make_cohort(
         recipe.cases, seed=recipe.seed, slices=recipe.slices, size=recipe.size, schema=schema
@@ -361,17 +374,18 @@ def make_demo_checkpoint(
     held_out = set(stratified_folds([s.label for s in samples], settings.folds, recipe.seed)[0].tolist())
     train = [s for i, s in enumerate(samples) if i not in held_out]
     test = [s for i, s in enumerate(samples) if i in held_out]
-    fitted = fit(
-        config,
-        train,
-        schema,
-        settings,
-        backbone_state,
-        device,
-        seed=recipe.seed,
-        progress=progress,
-        description="demo training",
-    )
+    with torch_threads(1):
+        fitted = fit(
+            config,
+            train,
+            schema,
+            settings,
+            backbone_state,
+            device,
+            seed=recipe.seed,
+            progress=progress,
+            description="demo training",
+        )
     y_score, _ = fitted.probabilities(test, schema, device)
     y_true = np.asarray([s.label for s in test])
     metrics = classification_metrics(y_true, y_score, fitted.threshold)
@@ -393,6 +407,7 @@ def make_demo_checkpoint(
             "backbone_weights": str(backbone_weights) if backbone_weights else "random init",
         },
         threshold=fitted.threshold,
+        calibration=fitted.calibrator.to_dict() if fitted.calibrator else None,
         validation={"method": "held-out", "auc": auc.as_dict(), "cases": len(test)},
         warnings=degenerate_warnings("the demo model", [metrics], auc),
     )
