@@ -200,8 +200,9 @@ def make_clinical_table(
             number = float(np.exp(draw)) if log_normal else draw
             if name == "afp":
                 number = float(10**draw)
+            if name == "platelets":
+                number = max(number, 20.0)
             values[name] = round(number, 3 if number < 100 else 1)
-        values["platelets"] = max(float(values["platelets"]), 20.0)  # type: ignore[arg-type]
         values["tumour_count"] = int(1 + rng.poisson(1.2 * (1 + 0.5 * shift)))
         values["bclc_stage"] = ["A", "B", "C"][_ordinal(rng, (0.3, 0.5, 0.2), shift)]
         values["ascites"] = ["none", "mild", "moderate_severe"][_ordinal(rng, (0.7, 0.22, 0.08), shift)]

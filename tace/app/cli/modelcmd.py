@@ -142,6 +142,7 @@ def train(
     The last line says whether the model is usable: a WARNING when it predicts one
     class for almost everyone or its AUC interval contains chance.
     """
+    from model.calibration import CalibrationMethod
     from model.config import CLDCAConfig, PreprocessConfig, Variant
     from model.schema import FeatureSchema
     from model.training import TrainSettings
@@ -171,7 +172,7 @@ def train(
             min_epochs=min_epochs,
             class_weighting=class_weights,
             target_sensitivity=target_sensitivity,
-            calibration=calibration,  # type: ignore[arg-type]
+            calibration=CalibrationMethod(calibration) if calibration else None,
         )
         with progress_bars() as report:
             outcome = train_from_manifest(
