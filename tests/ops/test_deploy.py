@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -110,3 +111,16 @@ def test_dockerfiles_copy_everything_the_package_build_reads() -> None:
         }
         assert needed <= copied, f"{name} does not copy {sorted(needed - copied)}"
         assert all((REPO_ROOT / path).exists() for path in needed)
+
+
+def test_both_images_run_on_an_official_python_image_the_package_supports() -> None:
+    """The CUDA image once installed `python3.11` from an Ubuntu 24.04 archive that ships
+    only 3.12; a Python base image cannot name a version that does not exist in it."""
+    minimum = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    lowest = tuple(int(part) for part in minimum.removeprefix(">=").split("."))
+    for name in ("Dockerfile", "Dockerfile.cuda"):
+        text = (DEPLOY / name).read_text()
+        base = re.search(r"^FROM python:(\d+)\.(\d+)-slim", text, re.MULTILINE)
+        assert base, f"{name} does not start from an official python image"
+        assert (int(base.group(1)), int(base.group(2))) >= lowest, name
+        assert not re.search(r"apt-get install[^\n]*python3", text), f"{name} installs a second Python"
