@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     min_free_bytes: int = Field(default=2 * 1024**3, ge=0)
     min_slices: int = Field(default=16, ge=1)
     series_description_pattern: str | None = None
+    phase_rules: Path | None = None
+    """Site YAML applied over the default contrast-phase rules (listener/phase_rules.yaml)."""
 
     default_issuer: str | None = None
     hl7_patient_id_type: str | None = "MR"

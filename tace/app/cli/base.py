@@ -37,11 +37,15 @@ labs_app = typer.Typer(help="Import and show clinical values.", no_args_is_help=
 model_app = typer.Typer(help="Model checkpoints: demo weights and metadata.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 bench_app = typer.Typer(help="Performance benchmarks (they print ratios).", no_args_is_help=True)
+series_app = typer.Typer(
+    help="Contrast phases of series, decided as the gateway does (to tune the rules).", no_args_is_help=True
+)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(labs_app, name="labs")
 app.add_typer(model_app, name="model")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
+app.add_typer(series_app, name="series")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -140,6 +144,7 @@ DATA_DIR_USE: dict[str, DataDirUse] = {
     "bench ingest": DataDirUse.none,
     "bench hl7": DataDirUse.none,
     "bench pipeline": DataDirUse.none,
+    "series classify": DataDirUse.none,
 }
 """Every command, by its path without the program name; a test checks that none is missing."""
 
