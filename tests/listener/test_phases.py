@@ -507,3 +507,13 @@ def test_a_bad_site_file_names_the_file_and_the_key(tmp_path: Path, text: str, m
 def test_a_missing_site_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(PhaseRulesError, match=f"^{tmp_path / 'none.yaml'}: cannot read"):
         PhaseRules.load(tmp_path / "none.yaml")
+
+
+def test_the_readme_example_rule_file_works(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Contrast phases", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    site = PhaseRules.load(write(tmp_path, example))
+    assert classify_series(series("AP 5mm", contrast_agent=AGENT), site).phase is UNK
+    assert classify_series(series("Leber-arteriell 1.0", contrast_agent=AGENT), site).phase is ART
+    assert classify_series(timed("101500", "101547"), site).phase is UNK

@@ -30,6 +30,7 @@ COMMANDS = [
     "api",
     "db",
     "predict",
+    "series",
 ]
 
 
@@ -58,6 +59,7 @@ def test_help_lists_every_command() -> None:
         ("model", ["demo", "info", "cohort"]),
         ("db", ["upgrade"]),
         ("bench", ["model", "ingest", "hl7", "pipeline"]),
+        ("series", ["classify"]),
     ],
 )
 def test_every_group_and_subcommand_has_help(group: str, subcommands: list[str]) -> None:
