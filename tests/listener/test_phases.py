@@ -517,3 +517,67 @@ def test_the_readme_example_rule_file_works(tmp_path: Path) -> None:
     assert classify_series(series("AP 5mm", contrast_agent=AGENT), site).phase is UNK
     assert classify_series(series("Leber-arteriell 1.0", contrast_agent=AGENT), site).phase is ART
     assert classify_series(timed("101500", "101547"), site).phase is UNK
+
+
+DERIVED = ("DERIVED", "SECONDARY", "REFORMATTED")
+VENDOR_STUDIES = {
+    "siemens": [
+        ("Topogram 0.6 T20s", {"image_type": LOCALIZER}, UNK),
+        ("Nativ 5.0 B30f", {"acquisition_time": "101000"}, NON),
+        ("Arteriell 1.0 I30f 3", {"acquisition_time": "101540"}, ART),
+        ("Arteriell 5.0 B30f 3", {"acquisition_time": "101541"}, ART),
+        ("Portalvenös 5.0 B30f 3", {"acquisition_time": "101620"}, PV),
+        ("Spät 5.0 B30f 3", {"acquisition_time": "101900"}, DEL),
+        ("Cor 3.0 B30f", {"acquisition_time": "101620", "image_type": DERIVED}, PV),
+        ("Patient Protocol", {"modality": "OT", "image_type": ()}, UNK),
+    ],
+    "ge": [
+        ("Scout", {"image_type": LOCALIZER}, UNK),
+        ("ABD W/O 5mm", {"acquisition_time": "101000"}, NON),
+        ("ART 1.25mm STD", {"acquisition_time": "101540"}, ART),
+        ("ART 5mm STD", {"acquisition_time": "101540"}, ART),
+        ("PV 5mm STD", {"acquisition_time": "101620"}, PV),
+        ("DELAY 3MIN 5mm", {"acquisition_time": "101900"}, DEL),
+        ("Coronal MPR", {"acquisition_time": "101620", "image_type": DERIVED}, PV),
+        ("Dose Report", {"modality": "SR", "image_type": ()}, UNK),
+    ],
+    "philips": [
+        ("Surview", {"image_type": ("ORIGINAL", "PRIMARY")}, UNK),
+        ("Non Contrast 5mm", {"acquisition_time": "101000"}, NON),
+        ("Arterial 1mm", {"acquisition_time": "101540"}, ART),
+        ("Arterial 5mm", {"acquisition_time": "101540"}, ART),
+        ("Portal Venous 5mm", {"acquisition_time": "101620"}, PV),
+        ("Delayed 5mm", {"acquisition_time": "101900"}, DEL),
+        ("Cor MPR Portal", {"acquisition_time": "101620", "image_type": DERIVED}, PV),
+        ("Dose Info", {"modality": "OT", "image_type": ()}, UNK),
+    ],
+    "canon": [
+        ("Scanogram", {"image_type": ("ORIGINAL", "PRIMARY")}, UNK),
+        ("Plain 5.0 FC08", {"acquisition_time": "101000"}, NON),
+        ("ART 0.5 FC08", {"acquisition_time": "101540"}, ART),
+        ("ART 5.0 FC08", {"acquisition_time": "101540"}, ART),
+        ("PVP 5.0 FC08", {"acquisition_time": "101620"}, PV),
+        ("EQ 5.0 FC08", {"acquisition_time": "101900"}, DEL),
+        ("COR MPR", {"acquisition_time": "101620", "image_type": DERIVED}, PV),
+        ("Dose Summary", {"modality": "SR", "image_type": ()}, UNK),
+    ],
+}
+
+
+@pytest.mark.parametrize("vendor", sorted(VENDOR_STUDIES))
+def test_a_liver_study_in_each_vendors_naming(vendor: str) -> None:
+    """The acceptance study: localizer, non-contrast, arterial thin and thick, portal venous, delayed, a
+    coronal reformat named only by its acquisition, and a dose report."""
+    study = [
+        series(
+            description,
+            uid=f"{vendor}.{number}",
+            series_number=number,
+            contrast_agent=AGENT if phase in (ART, PV, DEL) else None,
+            **values,
+        )
+        for number, (description, values, phase) in enumerate(VENDOR_STUDIES[vendor], start=1)
+    ]
+    decisions = classify_study(study, PhaseRules.default())
+    assert [decisions[t.series_instance_uid].phase for t in study] == [p for *_, p in VENDOR_STUDIES[vendor]]
+    assert not any(d.conflicts for d in decisions.values())
