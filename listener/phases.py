@@ -653,7 +653,11 @@ def _timing_signal(tags: SeriesTags, rules: PhaseRules) -> tuple[_Signal | None,
         return None, False, None
     at, how = _acquired(tags)
     if at is None:
-        return None, False, "Contrast/Bolus Start Time (0018,1042) is set but no acquisition time is"
+        return (
+            None,
+            False,
+            "Contrast/Bolus Start Time (0018,1042) is set but the series has no acquisition time",
+        )
     delta = _between(start, at)
     side = "after" if delta >= 0 else "before"
     said = f"{how} {abs(delta):.0f} s {side} Contrast/Bolus Start Time (0018,1042)"
@@ -662,7 +666,7 @@ def _timing_signal(tags: SeriesTags, rules: PhaseRules) -> tuple[_Signal | None,
         if window.contains(delta):
             return (
                 _Signal(Kind(window.phase.value), f"{said}, in the {window.phase.words} window {window}"),
-                (from_series_time),
+                from_series_time,
                 None,
             )
     if delta > 0:
