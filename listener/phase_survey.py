@@ -39,7 +39,7 @@ class FolderSurvey:
         return list(dict.fromkeys(s.study_instance_uid for s in self.series))
 
 
-def _headers(folder: Path, survey: FolderSurvey) -> Iterator[tuple[Path, Dataset]]:
+def _headers(folder: Path, survey: FolderSurvey) -> Iterator[Dataset]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         survey.files += 1
         try:
@@ -52,7 +52,7 @@ def _headers(folder: Path, survey: FolderSurvey) -> Iterator[tuple[Path, Dataset
         ):
             survey.skipped += 1
             continue
-        yield path, dataset
+        yield dataset
 
 
 def _instance_number(dataset: Dataset) -> float:
@@ -67,7 +67,7 @@ def survey_folder(folder: Path, rules: PhaseRules) -> FolderSurvey:
     survey = FolderSurvey()
     first: dict[str, dict[str, tuple[float, Dataset]]] = {}
     counts: dict[str, int] = {}
-    for _, dataset in _headers(folder, survey):
+    for dataset in _headers(folder, survey):
         study = str(dataset.StudyInstanceUID).strip()
         series = str(dataset.SeriesInstanceUID).strip()
         counts[series] = counts.get(series, 0) + 1
