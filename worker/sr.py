@@ -37,6 +37,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from worker.sr_demographics import conformed_evidence
+
 if TYPE_CHECKING:
     from model.predictor import PredictionResult
 
@@ -123,7 +125,7 @@ def _disclaimer(content: SrContent) -> str:
 
 
 def build_sr(evidence: Sequence[Dataset], content: SrContent, identity: SrIdentity) -> Comprehensive3DSR:
-    """``evidence``: the source CT headers (pixel data not needed)."""
+    """``evidence``: the source CT headers (pixel data not needed); their demographics need not conform."""
     algorithm = AlgorithmIdentification(
         name=content.model_name,
         version=content.model_version,
@@ -166,7 +168,7 @@ def build_sr(evidence: Sequence[Dataset], content: SrContent, identity: SrIdenti
     )
     demo = " DEMO" if content.demo else ""
     sr = Comprehensive3DSR(
-        evidence=evidence,
+        evidence=conformed_evidence(evidence),
         content=report[0],
         series_instance_uid=identity.series_instance_uid,
         series_number=SR_SERIES_NUMBER,
