@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from tace.logging import get_logger
@@ -46,10 +46,10 @@ _PN_DELIMITERS = {0x5C, 0x3D, 0x5E}
 
 def _text(header: Dataset, keyword: str) -> str:
     """The value as text, decoded here so pydicom never validates it: its warnings quote the value."""
-    element = header.get_item(keyword)
+    element: DataElement | RawDataElement = header.get_item(keyword)
     if not isinstance(element, RawDataElement):
         return "" if element.value is None else str(element.value).strip()
-    if element.value is None:
+    if not element.value:
         return ""
     encodings = convert_encodings(header.get("SpecificCharacterSet") or "ISO_IR 6")
     delimiters = _PN_DELIMITERS if keyword.endswith("Name") else set()
