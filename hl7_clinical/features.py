@@ -77,6 +77,7 @@ class ClinicalFeatures:
                 "status": value.status,
                 "observed_at": value.observed_at.isoformat() if value.observed_at else None,
                 "comparator": value.comparator,
+                "text": value.text,
             }
             for name, value in self.values.items()
         }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -78,6 +79,12 @@ class FeatureSpec:
             if not low < high:
                 raise SchemaError(f"feature {self.name!r}: range low {low} is not below high {high}")
             object.__setattr__(self, "valid_range", (low, high))
+
+    @property
+    def label(self) -> str:
+        """The feature in words for reports and pages: its description less a trailing aside."""
+        words = re.sub(r"\s*\([^()]*\)?$", "", self.description).strip()
+        return words or self.name.replace("_", " ")
 
     @property
     def columns(self) -> list[str]:

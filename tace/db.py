@@ -86,11 +86,15 @@ class JobState(enum.StrEnum):
     waiting_for_labs = "waiting_for_labs"
     predicted = "predicted"
     sent = "sent"
+    no_destination = "no_destination"
+    """Predicted and the SR kept in the data dir: no destination is configured, nothing was sent."""
     failed = "failed"
     superseded = "superseded"
 
 
-TERMINAL_JOB_STATES = frozenset({JobState.sent, JobState.failed, JobState.superseded})
+TERMINAL_JOB_STATES = frozenset(
+    {JobState.sent, JobState.no_destination, JobState.failed, JobState.superseded}
+)
 
 
 class Stage(enum.StrEnum):

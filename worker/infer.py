@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from hl7_clinical.explain import explain_missing_labs
 from hl7_clinical.identity import IdentityRules
 from tace.db import Instance, Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
+from tace.display import probability_text
 from tace.jobs import Lease, mark_published
 from tace.logging import get_logger
 from tace.metrics import metric
@@ -69,6 +70,7 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
             at=study_time(study, series),
             generation=job.generation,
             lab_issuers=tuple(rules.lab_issuers(issuer)),
+            patient_sex=study.patient_sex,
         )
         return _Job(job.created_at, study.study_instance_uid, case)
 
@@ -135,7 +137,7 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
     )
     return StageResult(
         StageOutcome.predicted,
-        detail=f"{prediction.label} p={prediction.probability:.3f}",
+        detail=f"{prediction.label} p={probability_text(prediction.probability)}",
         record=partial(_save_prediction, lease.job_id, result, ctx.storage.relative(path)),
     )
 

@@ -67,6 +67,7 @@ def _case(
         phi.patient_hash(patient_id, issuer),
         when,
         lab_issuers=tuple(rules.lab_issuers(issuer)),
+        patient_sex=text(header, "PatientSex"),
     )
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from hl7_clinical.features import ClinicalFeatures, clinical_features
+from hl7_clinical.features import ClinicalFeatures, FeatureValue, clinical_features
 from model.predictor import PredictionResult, Predictor
 from model.schema import SchemaError
+from worker.clinical_summary import summarize
 from worker.sr import SrContent, SrIdentity, build_sr, sr_identity
 from worker.volume import SeriesVolume, VolumeError, read_volume
 
@@ -43,6 +44,8 @@ class Case:
     """The job generation; it and the model version make the SR's UIDs."""
     lab_issuers: tuple[str | None, ...] | None = None
     """Issuers stored labs may carry for this patient (``IdentityRules.lab_issuers``); None: ``issuer``."""
+    patient_sex: str | None = None
+    """PatientSex of the CT header: the ``sex`` feature when the labs carry none."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def gather(
         definitions=predictor.meta.schema.by_name(),
         lab_issuers=case.lab_issuers,
     )
+    _sex_from_header(features, case.patient_sex)
     timings = {"features": _elapsed(start)}
     missing = [name for name in labs_rule.required if name in features.missing]
     if missing and not labs_rule.impute:
@@ -118,6 +122,24 @@ def gather(
     return Inputs(case, features, volume, timings)
 
 
+SEX_SOURCE = "CT header PatientSex"
+
+
+def _sex_from_header(features: ClinicalFeatures, patient_sex: str | None) -> None:
+    """The CT says the patient's sex as surely as a lab system does; labs win when both have it."""
+    sex = (patient_sex or "").strip().upper()
+    if "sex" in features.values and features.values["sex"] is None and sex in ("F", "M"):
+        features.values["sex"] = FeatureValue(
+            name="sex",
+            value=float(sex == "M"),
+            unit=None,
+            observed_at=None,
+            source=SEX_SOURCE,
+            status="F",
+            text=sex,
+        )
+
+
 def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
     """The model on the gathered inputs, then the SR that carries its answer."""
     timings = dict(inputs.timings)
@@ -129,7 +151,8 @@ def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
     timings["model"] = _elapsed(start)
     start = time.perf_counter()
     identity = sr_identity(inputs.volume.series_instance_uid, result.model_version, inputs.case.generation)
-    sr = build_sr(inputs.volume.headers, SrContent.of(result), identity)
+    clinical = summarize(inputs.features, result.missing_features, predictor.meta.schema.by_name())
+    sr = build_sr(inputs.volume.headers, SrContent.of(result, clinical), identity)
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     timings["sr"] = _elapsed(start)

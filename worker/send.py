@@ -5,7 +5,8 @@ job goes back to ``predicted`` with a backoff (and jitter, so a PACS coming back
 is not hit by every job at once) and the relay republishes it when due. 0xA9xx
 and 0xCxxx mean the PACS will never take this object: the job fails with the
 status and the PACS's comment. Destinations that accepted are not sent again;
-the job is ``sent`` when every destination has accepted.
+the job is ``sent`` when every destination has accepted, and ``no_destination``
+(never ``sent``) when none is configured: the SR stays in the data dir.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
     path = ctx.storage.resolve(prediction.sr_path)
     if not settings.destinations:
         return StageResult(
-            StageOutcome.sent, detail=f"no destinations configured; SR kept at {prediction.sr_path}"
+            StageOutcome.no_destination,
+            detail="nothing sent: no destination configured (TACE_DESTINATIONS); "
+            f"SR kept at {prediction.sr_path}",
         )
     pending, permanent = [], []
     for destination in settings.destinations:

@@ -37,6 +37,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from tace.display import probability_text
+from worker.clinical_summary import ClinicalSummary
 from worker.sr_demographics import conformed_evidence
 
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ CLINICAL_STATUS = CodedConcept("TACE-CLIN", SCHEME, "Clinical data status")
 CLINICAL_COMPLETE = CodedConcept("COMPLETE", SCHEME, "Complete")
 CLINICAL_INCOMPLETE = CodedConcept("INCOMPLETE", SCHEME, "Incomplete, missing values imputed")
 MISSING_FEATURES = CodedConcept("TACE-MISS", SCHEME, "Missing clinical features")
+VALUES_USED = CodedConcept("TACE-USED", SCHEME, "Clinical values used")
+SUMMARY = CodedConcept("TACE-SUM", SCHEME, "Prediction summary")
 DISCLAIMER = CodedConcept("121106", "DCM", "Comment")
 UNITLESS = CodedConcept("1", "UCUM", "no units")
 CT_PROCEDURE = CodedConcept("77477000", "SCT", "Computerized axial tomography")
@@ -92,14 +96,14 @@ class SrContent:
     model_version: str
     checkpoint_sha256: str
     demo: bool
-    missing_features: Sequence[str]
+    clinical: ClinicalSummary
     threshold: float = 0.5
     """The checkpoint's decision threshold on the probability, chosen in cross-validation."""
     validation: str | None = None
     """The checkpoint's validated AUC with its CI, in words."""
 
     @classmethod
-    def of(cls, prediction: PredictionResult) -> SrContent:
+    def of(cls, prediction: PredictionResult, clinical: ClinicalSummary) -> SrContent:
         return cls(
             prediction.probability,
             prediction.label,
@@ -107,7 +111,7 @@ class SrContent:
             prediction.model_version,
             prediction.checkpoint_sha256,
             prediction.demo,
-            prediction.missing_features,
+            clinical,
             prediction.threshold,
             prediction.validation,
         )
@@ -144,7 +148,7 @@ def build_sr(evidence: Sequence[Dataset], content: SrContent, identity: SrIdenti
     evaluations = [
         QualitativeEvaluation(PREDICTED_RESPONSE, LABELS[content.label]),
         QualitativeEvaluation(
-            CLINICAL_STATUS, CLINICAL_INCOMPLETE if content.missing_features else CLINICAL_COMPLETE
+            CLINICAL_STATUS, CLINICAL_INCOMPLETE if content.clinical.missing else CLINICAL_COMPLETE
         ),
     ]
     group = MeasurementsAndQualitativeEvaluations(
@@ -197,14 +201,26 @@ def build_sr(evidence: Sequence[Dataset], content: SrContent, identity: SrIdenti
     return sr
 
 
+def _summary(content: SrContent) -> str:
+    words = "disease control" if content.label == "disease_control" else "progressive disease"
+    return (
+        f"Predicted {words}: probability of disease control {probability_text(content.probability)}"
+        f" (threshold {content.threshold:.3f}); {content.clinical.missing_text}."
+    )
+
+
 def _text_items(content: SrContent) -> list[TextContentItem]:
-    items = []
-    if content.missing_features:
+    items = [TextContentItem(name=SUMMARY, value=_summary(content), relationship_type="CONTAINS")]
+    if content.clinical.missing:
         items.append(
             TextContentItem(
-                name=MISSING_FEATURES,
-                value=", ".join(content.missing_features)[:1024],
-                relationship_type="CONTAINS",
+                name=MISSING_FEATURES, value=content.clinical.missing_text, relationship_type="CONTAINS"
+            )
+        )
+    if content.clinical.used:
+        items.append(
+            TextContentItem(
+                name=VALUES_USED, value="\r\n".join(content.clinical.used), relationship_type="CONTAINS"
             )
         )
     items.append(TextContentItem(name=DISCLAIMER, value=_disclaimer(content), relationship_type="CONTAINS"))

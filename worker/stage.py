@@ -33,6 +33,7 @@ class StageOutcome(enum.StrEnum):
     waiting_for_labs = "waiting_for_labs"
     retrying = "retrying"
     sent = "sent"
+    no_destination = "no_destination"
     failed = "failed"
     not_claimed = "not claimed"
     lease_lost = "lease lost"
@@ -43,6 +44,7 @@ _TRANSITIONS: dict[StageOutcome, tuple[JobState, Stage | None]] = {
     StageOutcome.waiting_for_labs: (JobState.waiting_for_labs, None),
     StageOutcome.retrying: (JobState.predicted, None),
     StageOutcome.sent: (JobState.sent, None),
+    StageOutcome.no_destination: (JobState.no_destination, None),
     StageOutcome.failed: (JobState.failed, None),
 }
 """The job state (and next stage, when it changes) that each decided outcome leads to."""

@@ -7,16 +7,49 @@ printed, logged and shown on screens without the role that allows identifiers.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from tace.db import Job, JobEvent, JobState, LabObservation, Prediction, Series, Study, table
+from tace.display import missing_text, probability_text
 
 _REJECTED_SHOWN = 50
+STATE_WORDS = {JobState.no_destination.value: "predicted, no destination"}
+"""States whose name alone would mislead a reader; the rest read as their name."""
+
+
+def state_words(state: str) -> str:
+    return STATE_WORDS.get(str(state), str(state).replace("_", " "))
+
+
+@cache
+def feature_labels() -> Mapping[str, tuple[str, bool]]:
+    """The schema's words for each feature (``serum albumin``), and whether it is a number."""
+    from model.schema import FeatureKind, FeatureSchema
+
+    return {
+        name: (spec.label, spec.kind is FeatureKind.continuous)
+        for name, spec in FeatureSchema.load().by_name().items()
+    }
+
+
+def feature_label(name: str) -> str:
+    return feature_labels().get(name, (name.replace("_", " "), True))[0]
+
+
+def _shown_value(name: str, value: Mapping[str, Any]) -> float | str | None:
+    """Coded features as sent (``M``); numbers in the canonical unit (the text is the raw value)."""
+    number = value.get("value")
+    numeric = feature_labels().get(name, ("", True))[1]
+    if value.get("text") and (not numeric or number is None or math.isnan(number)):
+        return str(value["text"])
+    return None if number is None or math.isnan(number) else float(number)
 
 
 @dataclass(frozen=True)
@@ -57,6 +90,7 @@ class FeatureUsed:
     unit: str | None
     observed_at: str | None
     source: str | None
+    label: str
 
 
 @dataclass(frozen=True)
@@ -93,6 +127,10 @@ class JobDetail:
     features_used: list[FeatureUsed] = field(default_factory=list)
     features_missing: list[str] = field(default_factory=list)
     features_rejected: list[RejectedValue] = field(default_factory=list)
+    clinical_missing: str | None = None
+    """``3 of 43 clinical values missing: ...`` in the schema's words, for a predicted job."""
+    probability: str | None = None
+    """The probability as people read it (``>0.999``, never ``1.000``)."""
 
 
 def _summary(job: Job, series: Series, study: Study, prediction: Prediction | None = None) -> JobSummary:
@@ -210,11 +248,15 @@ def _features_used(prediction: Prediction | None) -> list[FeatureUsed]:
     for name, value in prediction.features.items():
         if value is None:
             continue
-        number = value.get("value")
-        if isinstance(number, float) and math.isnan(number):
-            number = None
         used.append(
-            FeatureUsed(name, number, value.get("unit"), value.get("observed_at"), value.get("source"))
+            FeatureUsed(
+                name,
+                _shown_value(name, value),
+                value.get("unit"),
+                value.get("observed_at"),
+                value.get("source"),
+                feature_label(name),
+            )
         )
     return used
 
@@ -276,6 +318,14 @@ def job_detail(
         features_used=_features_used(prediction),
         features_missing=list(prediction.missing_features or []) if prediction is not None else [],
         features_rejected=_rejected(session, study.patient_hash, job.updated_at),
+        clinical_missing=(
+            missing_text(
+                [feature_label(name) for name in prediction.missing_features or []], len(feature_labels())
+            )
+            if prediction is not None
+            else None
+        ),
+        probability=probability_text(prediction.probability) if prediction is not None else None,
     )
 
 

@@ -8,7 +8,17 @@ import pytest
 
 from tace.app.synthetic_ct import SeriesSpec, make_series
 from tests.support.services import require_tool
+from worker.clinical_summary import ClinicalSummary
 from worker.sr import SrContent, build_sr, sr_identity
+
+CLINICAL = ClinicalSummary(
+    total=43,
+    missing=("serum albumin", "alpha-fetoprotein"),
+    used=(
+        "white blood cells 5.2 10*3/uL (observed 2026-01-14 07:20; HL7 LABS1 from LABSYS^HOSP, OBX 1)",
+        "sex M (no observation date; CT header PatientSex)",
+    ),
+)
 
 
 def _headers():
@@ -26,7 +36,7 @@ def _content(**changes) -> SrContent:
         model_version="demo-1",
         checkpoint_sha256="ab" * 32,
         demo=True,
-        missing_features=["albumin", "afp"],
+        clinical=CLINICAL,
         threshold=0.8731,
         validation="cross-validated (5-fold, pooled out-of-fold) AUC 0.71 (95% CI 0.55-0.86) on 96 cases",
     )
@@ -60,7 +70,18 @@ def test_sr_validates_with_dciodvfy_and_reads_with_dsrdump(tmp_path: Path) -> No
     assert 'NUM:(,,"Probability of disease control")="0.8123" (1,UCUM,"no units")' in dump
     assert '(DC,99TACE,"Disease control (CR+PR+SD)")' in dump
     assert 'TEXT:(,,"Algorithm Name")="CLDCA"' in dump and 'TEXT:(,,"Algorithm Version")="demo-1"' in dump
-    assert 'TEXT:(,,"Missing clinical features")="albumin, afp"' in dump
+    assert (
+        'TEXT:(,,"Missing clinical features")="2 of 43 clinical values missing: serum albumin, '
+        'alpha-fetoprotein"' in dump
+    )
+    assert (
+        'TEXT:(,,"Clinical values used")="white blood cells 5.2 10*3/uL (observed 2026-01-14 07:20;' in dump
+    )
+    assert "sex M (no observation date; CT header PatientSex)" in dump
+    assert (
+        'TEXT:(,,"Prediction summary")="Predicted disease control: probability of disease control 0.812 '
+        '(threshold 0.873); 2 of 43 clinical values missing: serum albumin, alpha-fetoprotein."' in dump
+    )
     assert 'NUM:(,,"Decision threshold for disease control")="0.8731" (1,UCUM,"no units")' in dump
     assert (
         "Research use only; not for clinical decisions. Validation: cross-validated (5-fold, pooled "
@@ -73,7 +94,11 @@ def test_sr_validates_with_dciodvfy_and_reads_with_dsrdump(tmp_path: Path) -> No
 def test_sr_joins_the_ct_study_in_its_own_series_with_evidence_and_equipment() -> None:
     headers = _headers()
     identity = sr_identity(headers[0].SeriesInstanceUID, "demo-1", 3)
-    sr = build_sr(headers, _content(label="progressive_disease", demo=False, missing_features=[]), identity)
+    sr = build_sr(
+        headers,
+        _content(label="progressive_disease", demo=False, clinical=ClinicalSummary(43, (), ())),
+        identity,
+    )
     assert sr.StudyInstanceUID == headers[0].StudyInstanceUID
     assert sr.SeriesInstanceUID == identity.series_instance_uid != headers[0].SeriesInstanceUID
     assert (sr.SeriesNumber, sr.InstanceNumber, sr.VerificationFlag) == (9901, 3, "UNVERIFIED")
@@ -134,7 +159,9 @@ def test_sr_of_a_demo_checkpoint_says_demo_its_threshold_and_validated_auc(demo_
     prediction = Predictor.load(demo_checkpoint, device="cpu").predict(case.volume_hu, case.clinical)
     meta = read_meta(demo_checkpoint)
     headers = _headers()
-    sr = build_sr(headers, SrContent.of(prediction), sr_identity(headers[0].SeriesInstanceUID, "demo-1", 1))
+    sr = build_sr(
+        headers, SrContent.of(prediction, CLINICAL), sr_identity(headers[0].SeriesInstanceUID, "demo-1", 1)
+    )
     assert "DEMO" in sr.SeriesDescription
     group = sr.ContentSequence[-1].ContentSequence[0].ContentSequence
     numbers = {
@@ -150,3 +177,41 @@ def test_sr_of_a_demo_checkpoint_says_demo_its_threshold_and_validated_auc(demo_
         f"Validation: held-out AUC {auc['value']:.2f} (95% CI {auc['low']:.2f}-{auc['high']:.2f})" in caveat
     )
     assert "synthetic cases" in caveat and "DEMO model trained on synthetic data" in caveat
+
+
+@pytest.mark.parametrize(
+    "probability,shown",
+    [
+        (0.99996, ">0.999"),
+        (0.00002, "<0.001"),
+        (0.5, "0.500"),
+        (0.9994, ">0.999"),
+        (0.9987, "0.999"),
+        (0.0012, "0.001"),
+    ],
+)
+def test_sr_never_states_a_certainty_the_model_cannot_have(probability: float, shown: str) -> None:
+    headers = _headers()
+    sr = build_sr(
+        headers, _content(probability=probability), sr_identity(headers[0].SeriesInstanceUID, "demo-1", 1)
+    )
+    (summary,) = [t for t in _texts(sr) if t.startswith("Predicted")]
+    assert f"probability of disease control {shown} " in summary
+
+
+def test_sr_with_every_clinical_value_says_so_and_lists_no_missing_item() -> None:
+    headers = _headers()
+    complete = ClinicalSummary(
+        43, (), ("serum albumin 3.1 g/dL (observed 2026-01-14 07:20; CSV labs.csv line 2)",)
+    )
+    sr = build_sr(
+        headers, _content(clinical=complete), sr_identity(headers[0].SeriesInstanceUID, "demo-1", 1)
+    )
+    texts = _texts(sr)
+    assert any("all 43 clinical values present" in t for t in texts)
+    assert not any("missing:" in t for t in texts)
+    group = sr.ContentSequence[-1].ContentSequence[0].ContentSequence
+    status = [
+        i for i in group if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "TACE-CLIN"
+    ]
+    assert status[0].ConceptCodeSequence[0].CodeValue == "COMPLETE"

@@ -26,7 +26,9 @@ from tace.app.api.session import (
     is_tls,
 )
 from tace.app.api.views import JobId, JobViews
+from tace.app.admin import state_words
 from tace.db import TERMINAL_JOB_STATES, JobState
+from tace.display import probability_text
 
 PAGE_SIZE = 50
 REFRESH_SECONDS = 15
@@ -56,6 +58,8 @@ def _until(value: str | None) -> str:
 TEMPLATES.env.filters["moment"] = _moment
 TEMPLATES.env.filters["until"] = _until
 TEMPLATES.env.filters["label"] = lambda name: str(name).replace("_", " ")
+TEMPLATES.env.filters["state"] = state_words
+TEMPLATES.env.filters["probability"] = probability_text
 
 
 def _to_login() -> Response:

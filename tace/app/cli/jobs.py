@@ -57,7 +57,7 @@ def jobs_show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show one job: its series, timeline, error and prediction."""
-    from tace.app.admin import job_detail
+    from tace.app.admin import job_detail, state_words
     from tace.db import session_scope
 
     with session_scope(runtime_of(ctx).engine()) as session:
@@ -68,7 +68,7 @@ def jobs_show(
         print_json(detail)
         return
     job = detail.job
-    typer.echo(f"job {job.id}  {job.state} (stage {job.stage}, generation {job.generation})")
+    typer.echo(f"job {job.id}  {state_words(job.state)} (stage {job.stage}, generation {job.generation})")
     typer.echo(
         f"  series   {job.series_instance_uid} ({detail.modality or '?'}, {detail.instance_count} instances)"
     )
@@ -86,8 +86,12 @@ def jobs_show(
     if detail.prediction:
         p = detail.prediction
         typer.echo(
-            f"  prediction {p['label']} (p={p['probability']:.3f}) by {p['model_name']} {p['model_version']}"
+            f"  prediction {p['label']} (p={detail.probability}) by {p['model_name']} {p['model_version']}"
         )
+        typer.echo(f"  clinical {detail.clinical_missing}")
+        for used in detail.features_used:
+            observed = f"observed {used.observed_at}" if used.observed_at else "no observation date"
+            typer.echo(f"    {used.label}: {used.value} {used.unit or ''} ({observed}; {used.source})")
         if p.get("sr_sop_instance_uid"):
             typer.echo(f"  SR       {p['sr_sop_instance_uid']}")
 
