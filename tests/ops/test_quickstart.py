@@ -94,10 +94,10 @@ def test_the_readme_quick_start_ends_with_an_sr_with_the_required_labs(
 
             if line.startswith("tace jobs list"):
                 result = wait_until(
-                    lambda run=run: (r := run()).returncode == 0 and " sent " in r.stdout and r,
+                    lambda run=run: (r := run()).returncode == 0 and " no_destination " in r.stdout and r,
                     300,
                     interval=2,
-                    what=f"`{line}` to show the job sent",
+                    what=f"`{line}` to show the job predicted (no destination configured)",
                 )
             else:
                 result = run()
@@ -114,7 +114,7 @@ def test_the_readme_quick_start_ends_with_an_sr_with_the_required_labs(
             timeout=120,
         )
         job = json.loads(shown.stdout)
-        assert job["job"]["state"] == "sent"
+        assert job["job"]["state"] == "no_destination"
         prediction = job["prediction"]
         assert prediction["demo_model"] is True
         assert not set(REQUIRED) & set(prediction["missing_features"]), prediction["missing_features"]

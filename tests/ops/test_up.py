@@ -33,7 +33,9 @@ def test_up_receives_a_series_and_labs_lists_the_sr_and_survives_a_restart(start
         what="the job to wait for labs",
     )
     assert "MSA|AA|" in up.send_labs("UPLAB1", "UP0001", LABS)
-    wait_until(lambda: up.api(f"/api/jobs/{waiting['id']}")["job"]["state"] == "sent", 60, what="the SR")
+    wait_until(
+        lambda: up.api(f"/api/jobs/{waiting['id']}")["job"]["state"] == "no_destination", 60, what="the SR"
+    )
     (sr,) = up.api("/api/srs")
     assert sr["job_id"] == waiting["id"] and (up.data_dir / sr["sr_path"]).is_file()
 
@@ -45,7 +47,7 @@ def test_up_receives_a_series_and_labs_lists_the_sr_and_survives_a_restart(start
     )
     assert after['tace_hl7_messages_total{ack="AA"}'] >= 1
     assert after['tace_series_completed_total{result="complete"}'] >= 1
-    assert after['tace_jobs{state="sent"}'] == 1
+    assert after['tace_jobs{state="no_destination"}'] == 1
     assert after['tace_stage_seconds_count{stage="model"}'] >= 1
 
     second = ct_series(slices=12, rows=64, columns=64, patient_id="UP0002", seed=3)
@@ -63,11 +65,13 @@ def test_up_receives_a_series_and_labs_lists_the_sr_and_survives_a_restart(start
 
     up.start()
     assert {j["id"]: j["state"] for j in up.api("/api/jobs")} == {
-        waiting["id"]: "sent",
+        waiting["id"]: "no_destination",
         pending["id"]: "waiting_for_labs",
     }
     assert "MSA|AA|" in up.send_labs("UPLAB2", "UP0002", LABS)
     wait_until(
-        lambda: up.api(f"/api/jobs/{pending['id']}")["job"]["state"] == "sent", 60, what="the second SR"
+        lambda: up.api(f"/api/jobs/{pending['id']}")["job"]["state"] == "no_destination",
+        60,
+        what="the second SR",
     )
     assert len(up.api("/api/srs")) == 2

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Cookie, Depends, Form, HTTPException, Query, Requ
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from tace.app.admin import state_words
 from tace.app.api.auth import TokenCheck
 from tace.app.api.session import (
     COOKIE,
@@ -26,7 +27,6 @@ from tace.app.api.session import (
     is_tls,
 )
 from tace.app.api.views import JobId, JobViews
-from tace.app.admin import state_words
 from tace.db import TERMINAL_JOB_STATES, JobState
 from tace.display import probability_text
 

@@ -381,12 +381,14 @@ def test_the_job_page_shows_prediction_features_and_the_sr_only_to_phi(
     operator = TestClient(app)
     _login(operator)
     page = operator.get(f"/jobs/{job_id}").text
-    assert "disease control (probability 0.81)" in page and "DEMO model" in page
+    assert "disease control (probability of disease control 0.812)" in page and "DEMO model" in page
     assert "1 used, 1 missing (imputed), 1 rejected value(s)" in page
+    assert "<strong>Missing:</strong> 1 of 43 clinical values missing: alpha-fetoprotein" in page
+    assert '<td data-label="Feature">serum albumin</td>' in page
     assert "HL7 LAB1 from LIS, OBX 1" in page and "value &#39;abc&#39; is not a number" in page
     assert "download needs the phi role" in page and "/sr" not in page.split('id="sr"')[1].split("</dd>")[0]
     listing = operator.get("/").text
-    assert 'class="demo"' in listing and "disease control 0.81" in listing
+    assert 'class="demo"' in listing and "disease control 0.812" in listing
     assert operator.get(f"/jobs/{job_id}/sr").status_code == 403
     assert operator.get(f"/api/jobs/{job_id}/sr", headers=OPERATOR).status_code == 403
     assert operator.get(f"/api/jobs/{job_id}/sr").status_code == 401
