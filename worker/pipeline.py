@@ -27,6 +27,7 @@ from model.predictor import PredictionResult, Predictor
 from model.schema import SchemaError
 from worker.clinical_summary import summarize
 from worker.sr import SrContent, SrIdentity, build_sr, sr_identity
+from worker.sr_demographics import sex_code
 from worker.volume import SeriesVolume, VolumeError, read_volume
 
 
@@ -127,7 +128,7 @@ SEX_SOURCE = "CT header PatientSex"
 
 def _sex_from_header(features: ClinicalFeatures, patient_sex: str | None) -> None:
     """The CT says the patient's sex as surely as a lab system does; labs win when both have it."""
-    sex = (patient_sex or "").strip().upper()
+    sex = sex_code(patient_sex)
     if "sex" in features.values and features.values["sex"] is None and sex in ("F", "M"):
         features.values["sex"] = FeatureValue(
             name="sex",

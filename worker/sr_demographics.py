@@ -110,6 +110,13 @@ def _person_name(value: str) -> tuple[str, str | None]:
     return name, action
 
 
+def sex_code(value: str | None) -> str | None:
+    """PatientSex as its code (``female`` -> ``F``); None when it names no sex."""
+    upper = (value or "").strip().upper()
+    code = _SEX_WORDS.get(upper, upper)
+    return code if code in SEXES else None
+
+
 def _sex(value: str) -> tuple[str, str | None]:
     upper = value.upper()
     if upper in SEXES:

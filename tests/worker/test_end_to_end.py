@@ -280,3 +280,36 @@ def test_duplicate_positions_fail_with_a_reason_and_replay_after_the_fix(
     time.sleep(1)
     system.wait_for_state("sent", timeout=60, job_id=failed.id)
     assert len(system.orthanc.sr_instances()) == 1, "a replay of the same generation adds no second SR"
+
+
+def test_a_series_with_a_non_conformant_header_gets_a_valid_sr_in_orthanc(
+    gateway, ct_series, tmp_path: Path
+) -> None:
+    """Issue 15.3 through the real path: storescu -> listener -> worker -> Orthanc."""
+    dciodvfy = require_tool("dciodvfy")
+    require_tool("storescu", "/usr/bin/storescu")
+    system = gateway()
+    system.start_listener()
+    system.start_worker()
+    files = ct_series(slices=12, rows=64, columns=64, patient_id="MRN6868", patient_birth_date="1958-08-17")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        del ds.AccessionNumber
+        ds.PatientName = "Quill Jane"
+        ds.PatientSex = "female"
+        ds.save_as(path)
+    _send_ct(system, files)
+    job = system.wait_for_state("sent", timeout=120)
+    assert job.error is None
+    (instance,) = system.orthanc.sr_instances()
+    sr_file = system.orthanc.download(instance, tmp_path / "from-orthanc.dcm")
+    verify = subprocess.run([dciodvfy, str(sr_file)], capture_output=True, text=True)
+    assert [line for line in (verify.stdout + verify.stderr).splitlines() if line.startswith("Error")] == []
+    sr = pydicom.dcmread(sr_file)
+    assert (sr.PatientBirthDate, str(sr.PatientName), sr.PatientSex, sr.AccessionNumber) == (
+        "19580817",
+        "Quill Jane^",
+        "F",
+        "",
+    )
+    assert _prediction(system, job.id).features["sex"]["source"] == "CT header PatientSex"
