@@ -313,3 +313,7 @@ def test_a_series_with_a_non_conformant_header_gets_a_valid_sr_in_orthanc(
         "",
     )
     assert _prediction(system, job.id).features["sex"]["source"] == "CT header PatientSex"
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert '"attribute": "PatientBirthDate", "action": "repaired: separators removed"' in worker_log
+    assert '"attribute": "AccessionNumber", "action": "added empty: absent"' in worker_log
+    assert "1958-08-17" not in worker_log and "Quill" not in worker_log
