@@ -4,12 +4,16 @@ Built with highdicom: device observer (the model, with a Device UID per model
 version), procedure reported (the CT), one measurement group with the algorithm
 identification (TID 4019: CLDCA, version, checkpoint hash), the predicted
 response, the probability of disease control with the decision threshold it was
-judged against, the clinical-data status, and next to the research-use caveat the
-model's validated AUC with its CI (and DEMO for a model trained on synthetic data).
-Evidence is the source CT; the SR joins the CT's study in its own series,
-UNVERIFIED, with Contributing Equipment as IHE AI Results asks. UIDs derive from
-(series, model version, job generation), so a redelivered job regenerates the
-same SR and a PACS never holds two copies.
+judged against, a one-line summary (the probability never shown as 1.000), the
+clinical-data status with the missing values counted and named in the schema's
+words, the values used with their observation dates and sources, and next to
+the research-use caveat the model's validated AUC with its CI (and DEMO for a
+model trained on synthetic data). Evidence is the source CT, whose patient and
+study attributes are made conformant first (:mod:`worker.sr_demographics`); the
+SR joins the CT's study in its own series, UNVERIFIED, with Contributing
+Equipment as IHE AI Results asks. UIDs derive from (series, model version, job
+generation), so a redelivered job regenerates the same SR and a PACS never
+holds two copies.
 """
 
 from __future__ import annotations
