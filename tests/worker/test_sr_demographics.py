@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from tace.app.synthetic_ct import SeriesSpec, make_series
 from tests.support.services import require_tool
+from worker.clinical_summary import ClinicalSummary
 from worker.sr import SrContent, build_sr, sr_identity
 
 CONTENT = SrContent(
@@ -23,7 +24,7 @@ CONTENT = SrContent(
     model_version="demo-1",
     checkpoint_sha256="cd" * 32,
     demo=True,
-    missing_features=[],
+    clinical=ClinicalSummary(43, (), ()),
 )
 
 
