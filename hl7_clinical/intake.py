@@ -127,7 +127,12 @@ class Hl7Intake:
 
     def _process(self, raw: bytes, header: Header) -> IntakeResult:
         digest = hashlib.sha256(raw).hexdigest()
-        with unit_of_work(hl7_control_id=header.control_id, sender=header.sender):
+        logged = (
+            {"hl7_control_id": header.control_id, "sender": header.sender}
+            if header.intact
+            else {"hl7_header": "garbled: control ID and sender not logged"}
+        )
+        with unit_of_work(**logged):
             refusal = self._refusal(header)
             if refusal is not None:
                 return self._store(raw, digest, header, refusal, [])

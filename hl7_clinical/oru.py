@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 SEGMENT_SEPARATORS = re.compile(r"\r\n|\r|\n")
+_VERSION = re.compile(r"\d+(\.\d+){1,2}")
 _COMPARATORS = ("<=", ">=", "<>", "<", ">", "=")
 _CHARSETS = {
     "": "utf-8",
@@ -66,6 +67,15 @@ class Header:
     @property
     def sender(self) -> str:
         return f"{self.sending_application}^{self.sending_facility}"[:200]
+
+    @property
+    def intact(self) -> bool:
+        """Whether MSH-12 holds a version number, i.e. the fields before it kept their places.
+
+        A message whose segment separator and first fields were lost reads the PID's
+        identifiers and name as MSH-10 onward; such a header's values are not logged.
+        """
+        return _VERSION.fullmatch(self.version) is not None
 
     @property
     def component_separator(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import subprocess
 import sys
@@ -205,3 +206,26 @@ def test_labs_show_explains_an_empty_result_and_never_prints_none(tmp_path: Path
         tace("labs", "show", "NC0001", "--at", "2026-01-20", "--json", hl7_authority_issuers="HOSP=").stdout
     )
     assert shown["features"]["albumin"]["value"] == pytest.approx(3.1)
+
+
+def test_a_header_that_swallowed_the_pid_does_not_log_it(
+    engine: Engine, definitions, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Found by the fuzz run: with the end of MSH and the start of PID lost, MSH-10 reads
+    the patient ID, MSH-12 the name; the intake refused it but logged that MSH-10."""
+    from tace.logging import configure_logging
+    from tests.conftest import product_log_file
+
+    garbled = "MSH|^~\\&|LABSYS|HOSP|TACE|HOSP|20260114091500||ORU^R01|F00NC0001^^^HOSP^MR||Doe^Jane||1957\r"
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    try:
+        intake = Hl7Intake(engine, CodeMap.load(definitions), definitions, IntakePolicy(IdentityRules()))
+        ack, result = intake.handle((garbled + ALBUMIN.format(when="20260114072000")).encode())
+    finally:
+        configure_logging("debug", "json", stream=product_log_file(tmp_path_factory).open("a"))
+    assert result.code == "AR"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+    assert any(line["event"] == "hl7.stored" for line in lines)
+    assert "NC0001" not in stream.getvalue() and "Doe" not in stream.getvalue()
+    assert "F00NC0001" in ack.text, "the sender still gets its control ID back in MSA-2"
