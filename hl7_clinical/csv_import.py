@@ -74,7 +74,7 @@ class _Column:
     mapping: CodeMapping | None
 
 
-def _parse_date(text: str) -> dt.datetime:
+def parse_date(text: str) -> dt.datetime:
     text = text.strip()
     for pattern in (
         "%Y-%m-%d %H:%M:%S",
@@ -221,7 +221,7 @@ def _row_values(
     if len(patient_id) > 64 or any(c in patient_id for c in "^~\\&|\r\n"):
         raise ValueError("patient_id is not a usable identifier")
     issuer = effective_issuer(row.get("issuer"), default_issuer)
-    when = _parse_date(row.get("date") or "")
+    when = parse_date(row.get("date") or "")
     cells, errors = [], []
     for column in columns:
         raw = (row.get(column.header) or "").strip()

@@ -14,10 +14,11 @@ the message it collides with, not applied, and answered AE (duplicate key).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,12 +38,14 @@ from hl7_clinical.oru import (
     parse_oru,
     read_header,
 )
+from hl7_clinical.outcomes import OutcomeCodes, OutcomeRecord, hl7_outcome_row, outcome_records, supersede
 from hl7_clinical.statuses import REMOVING, USABLE
 from tace import phi
-from tace.db import Hl7Message, LabObservation, insert_ignore, table, utcnow
+from tace.db import Hl7Message, LabObservation, Outcome, insert_ignore, table, utcnow
 from tace.jobs import wake_waiting_jobs
 from tace.logging import get_logger, unit_of_work
 from tace.metrics import metric
+from tace.outcomes import LinkWindow, relink
 
 log = get_logger("tace.hl7.intake")
 
@@ -59,6 +62,7 @@ class IntakeResult:
     conflict_of: int | None = None
     applied: int = 0
     rejected: int = 0
+    outcomes: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class _Attributed:
     patient: PatientKey
     patient_hash: str
     observations: list[Observation]
+    """The lab values; outcome OBX are in ``outcomes``."""
+    outcomes: list[OutcomeRecord]
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class IntakePolicy:
     identity: IdentityRules
     refuse_processing_ids: frozenset[str] = frozenset()
     facility: str = ""
+    outcome_codes: OutcomeCodes = field(default_factory=OutcomeCodes)
+    link_window: LinkWindow = field(default_factory=LinkWindow)
 
 
 class Hl7Intake:
@@ -166,8 +174,14 @@ class Hl7Intake:
                     hl7_error=exc.hl7_error,
                 ) from None
             phi.protect(patient.patient_id)
+            codes = self._policy.outcome_codes
             attributed.append(
-                _Attributed(patient, phi.patient_hash(patient.patient_id, patient.issuer), group.observations)
+                _Attributed(
+                    patient,
+                    phi.patient_hash(patient.patient_id, patient.issuer),
+                    [o for o in group.observations if codes.kind(o) is None],
+                    outcome_records(group.observations, codes),
+                )
             )
         return attributed
 
@@ -240,12 +254,13 @@ class Hl7Intake:
         now = utcnow()
         try:
             with self._connection() as connection:
-                count = sum(len(group.observations) for group in groups)
+                count = sum(len(group.observations) + len(group.outcomes) for group in groups)
                 message_id = connection.execute(
                     self._insert_message, self._message_row(raw, digest, header, verdict, hashes, now, count)
                 ).scalar_one()
-                applied = rejected = 0
+                applied = rejected = outcomes = 0
                 for group in groups:
+                    outcomes += self._store_outcomes(connection, message_id, group, now)
                     rows = [self._row(message_id, group, o, now) for o in group.observations]
                     for row, observation in zip(rows, group.observations, strict=True):
                         if observation.status in REMOVING or observation.status == "C":
@@ -271,15 +286,47 @@ class Hl7Intake:
             ack=verdict.code,
             applied=applied,
             rejected=rejected,
+            outcomes=outcomes,
             patient_hashes=sorted(hashes),
         )
         text = verdict.text
         if verdict.code == "AA":
             patients = f" for {len(hashes)} patients" if len(hashes) > 1 else ""
-            text = f"stored {applied} observation(s){patients}, {rejected} rejected"
+            recorded = f" and {outcomes} outcome(s)" if outcomes else ""
+            text = f"stored {applied} observation(s){recorded}{patients}, {rejected} rejected"
         return IntakeResult(
-            verdict.code, text, verdict.hl7_error, message_id=message_id, applied=applied, rejected=rejected
+            verdict.code,
+            text,
+            verdict.hl7_error,
+            message_id=message_id,
+            applied=applied,
+            rejected=rejected,
+            outcomes=outcomes,
         )
+
+    def _store_outcomes(
+        self, connection: Connection, message_id: int, group: _Attributed, now: dt.datetime
+    ) -> int:
+        """The group's outcomes, corrections superseding what they correct, then the patient relinked."""
+        if not group.outcomes:
+            return 0
+        rows = [
+            hl7_outcome_row(
+                record,
+                message_id=message_id,
+                patient_id=group.patient.patient_id,
+                issuer=group.patient.issuer,
+                patient_hash=group.patient_hash,
+                now=now,
+            )
+            for record in group.outcomes
+        ]
+        for row, record in zip(rows, group.outcomes, strict=True):
+            if record.observation.status in REMOVING or record.observation.status == "C":
+                supersede(connection, group.patient_hash, str(row["outcome_key"]), now)
+        connection.execute(sa.insert(table(Outcome)), rows)
+        relink(connection, self._policy.link_window, group.patient_hash)
+        return sum(1 for record in group.outcomes if record.response is not None)
 
     def _message_row(
         self,

@@ -12,7 +12,9 @@ from hl7_clinical.definitions import Definitions
 from hl7_clinical.identity import IdentityRules
 from hl7_clinical.intake import Hl7Intake, IntakePolicy
 from hl7_clinical.mllp import MllpLimits, MllpServer
+from hl7_clinical.outcomes import OutcomeCodes
 from tace.logging import get_logger
+from tace.outcomes import LinkWindow
 from tace.settings import Settings
 from tace.tls import server_tls_context
 
@@ -24,6 +26,8 @@ def build_intake(settings: Settings, engine: Engine, definitions: Definitions) -
         identity=IdentityRules.from_settings(settings),
         refuse_processing_ids=frozenset(settings.hl7_refuse_processing_ids),
         facility=settings.ae_title,
+        outcome_codes=OutcomeCodes(settings.outcome_obx_code, settings.outcome_tace_date_obx_code),
+        link_window=LinkWindow(settings.outcome_link_min_weeks, settings.outcome_link_max_weeks),
     )
     return Hl7Intake(engine, CodeMap.load(definitions, settings.hl7_local_codes), definitions, policy)
 

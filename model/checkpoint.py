@@ -52,6 +52,8 @@ class CheckpointMeta:
     validation: dict[str, Any] = field(default_factory=dict)
     """How the model was validated: ``auc`` {value, low, high}, ``method``, ``cases``, baseline."""
     warnings: list[str] = field(default_factory=list)
+    training_distribution: dict[str, Any] | None = None
+    """The training cohort's clinical inputs per feature (model.drift); None in older checkpoints."""
     model_name: str = MODEL_NAME
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     weights_sha256: str = ""
@@ -90,6 +92,7 @@ class CheckpointMeta:
             "validation": self.validation,
             "warnings": self.warnings,
             "weights_sha256": self.weights_sha256,
+            **({"training_distribution": self.training_distribution} if self.training_distribution else {}),
         }
 
     @classmethod
@@ -112,6 +115,9 @@ class CheckpointMeta:
             model_name=str(data.get("model_name", MODEL_NAME)),
             created_at=str(data.get("created_at", "")),
             weights_sha256=str(data.get("weights_sha256", "")),
+            training_distribution=dict(data["training_distribution"])
+            if data.get("training_distribution")
+            else None,
         )
 
 

@@ -18,6 +18,7 @@ from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from model.config import CLDCAConfig, PreprocessConfig, Variant
 from model.data import Manifest, UnitConverter, VolumeLoader, load_cached_volume, read_manifest
 from model.device import resolve_device
+from model.drift import training_distribution
 from model.metrics import bootstrap_auc, classification_metrics
 from model.report import write_ablation_table, write_cv_report, write_evaluation_report
 from model.schema import FeatureSchema
@@ -249,6 +250,7 @@ def _train(
         },
         threshold=fitted.threshold,
         calibration=fitted.calibrator.to_dict() if fitted.calibrator else None,
+        training_distribution=training_distribution(schema, [c.clinical for c in data.cases]),
         validation={
             "method": f"cross-validated ({main.folds}-fold{repeats}, pooled out-of-fold)",
             "auc": main.auc.as_dict(),
@@ -408,6 +410,9 @@ def make_demo_checkpoint(
         },
         threshold=fitted.threshold,
         calibration=fitted.calibrator.to_dict() if fitted.calibrator else None,
+        training_distribution=training_distribution(
+            schema, [case.clinical for i, case in enumerate(data.cases) if i not in held_out]
+        ),
         validation={"method": "held-out", "auc": auc.as_dict(), "cases": len(test)},
         warnings=degenerate_warnings("the demo model", [metrics], auc),
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -330,7 +330,50 @@ class Prediction(SQLModel, table=True):
     sr_sop_instance_uid: str | None = Field(default=None, max_length=64)
     sr_series_instance_uid: str | None = Field(default=None, max_length=64)
     sr_path: str | None = None
+    threshold: float | None = None
+    """The checkpoint's decision threshold the label was decided at (None on rows made before it was kept)."""
     created_at: datetime = _created_column()
+
+
+class LinkState(enum.StrEnum):
+    """How an outcome met its prediction: found by the rule, set by an admin, or not (with why)."""
+
+    linked = "linked"
+    manual = "manual"
+    ambiguous = "ambiguous"
+    unmatched = "unmatched"
+
+
+class Outcome(SQLModel, table=True):
+    """One mRECIST response assessment after TACE, as received (HL7 OBX or CSV row).
+
+    Like a lab value it is never updated in place: a correction or a deletion
+    supersedes the earlier row with the same ``outcome_key``; only the link columns
+    change, when linking is recomputed or an admin resolves it.
+    """
+
+    __table_args__ = (sa.UniqueConstraint("source_kind", "source_id", name="uq_outcome_source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: str = Field(max_length=64)
+    issuer_of_patient_id: str | None = Field(default=None, max_length=64)
+    patient_hash: str = Field(max_length=32, index=True)
+    tace_date: date | None = Field(default=None, sa_type=sa.Date())
+    assessed_on: date = Field(sa_type=sa.Date())
+    response: str | None = Field(
+        default=None, max_length=2, description="CR, PR, SD or PD; None when deleted"
+    )
+    result_status: str = Field(default="F", max_length=1)
+    source_kind: str = Field(max_length=8)
+    source_id: str = Field(max_length=200)
+    outcome_key: str = Field(max_length=300, index=True)
+    message_id: int | None = Field(default=None, foreign_key="hl7message.id", index=True)
+    received_at: datetime = _created_column()
+    superseded_at: datetime | None = _utc_column()
+    link_state: LinkState = Field(default=LinkState.unmatched, sa_type=_enum_type(LinkState), index=True)
+    link_detail: str | None = None
+    job_id: int | None = Field(default=None, foreign_key="job.id", index=True)
+    linked_at: datetime | None = _utc_column()
 
 
 def table(model: type[SQLModel]) -> sa.Table:

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -159,6 +159,16 @@ class Settings(BaseSettings):
     worker_decode_threads: int = Field(default=4, ge=1, le=64)
     worker_decode_processes: int = Field(default=0, ge=0, le=256)
 
+    outcome_obx_code: str = "TACE-MRECIST"
+    """OBX-3 code (identifier or alternate identifier) whose CWE value is the mRECIST response."""
+    outcome_tace_date_obx_code: str = "TACE-PROCDATE"
+    """OBX-3 code whose DT/TS value is the date of the TACE procedure the response follows."""
+    outcome_link_min_weeks: int = Field(default=4, ge=0)
+    outcome_link_max_weeks: int = Field(default=16, ge=1)
+    """Without a TACE date, the predicted study lies this many weeks before the assessment."""
+    performance_min_outcomes: int = Field(default=10, ge=2)
+    """Linked outcomes a model version needs before its AUC and calibration are shown."""
+
     model_checkpoint: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -251,6 +261,14 @@ class Settings(BaseSettings):
         if isinstance(items, list):
             return [Destination.parse(v) if isinstance(v, str) else v for v in items]
         return items
+
+    @field_validator("outcome_link_max_weeks", mode="after")
+    @classmethod
+    def _window_after_minimum(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("outcome_link_min_weeks", 0)
+        if value <= low:
+            raise ValueError(f"must be more than outcome_link_min_weeks ({low})")
+        return value
 
     @field_validator("database_url", mode="after")
     @classmethod

@@ -153,6 +153,7 @@ def _save_prediction(job_id: int, result: pipeline.Predicted, sr_path: str, sess
             model_name=prediction.model_name,
             model_version=prediction.model_version,
             checkpoint_sha256=prediction.checkpoint_sha256,
+            threshold=prediction.threshold,
             demo_model=prediction.demo,
             features=result.features.provenance(),
             missing_features=list(prediction.missing_features),

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from tace.app.cli import example, hl7cmd, jobs, labs, modelcmd, ops, series, services
+from tace.app.cli import example, hl7cmd, jobs, labs, modelcmd, ops, outcomes, series, services
 from tace.app.cli.base import app
 
 
@@ -24,4 +24,16 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(130)
 
 
-__all__ = ["app", "example", "hl7cmd", "jobs", "labs", "main", "modelcmd", "ops", "series", "services"]
+__all__ = [
+    "app",
+    "example",
+    "hl7cmd",
+    "jobs",
+    "labs",
+    "main",
+    "modelcmd",
+    "ops",
+    "outcomes",
+    "series",
+    "services",
+]

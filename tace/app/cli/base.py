@@ -36,6 +36,8 @@ jobs_app = typer.Typer(help="List, inspect and replay jobs.", no_args_is_help=Tr
 labs_app = typer.Typer(help="Import and show clinical values.", no_args_is_help=True)
 model_app = typer.Typer(help="Model checkpoints: demo weights and metadata.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+outcomes_app = typer.Typer(help="Import and link mRECIST outcomes.", no_args_is_help=True)
+cohort_app = typer.Typer(help="Training cohorts from the gateway's own cases.", no_args_is_help=True)
 bench_app = typer.Typer(help="Performance benchmarks (they print ratios).", no_args_is_help=True)
 series_app = typer.Typer(
     help="Contrast phases of series, decided as the gateway does (to tune the rules).", no_args_is_help=True
@@ -46,6 +48,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
 app.add_typer(series_app, name="series")
+app.add_typer(outcomes_app, name="outcomes")
+app.add_typer(cohort_app, name="cohort")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -129,6 +133,11 @@ DATA_DIR_USE: dict[str, DataDirUse] = {
     "db upgrade": DataDirUse.create,
     "labs import": DataDirUse.create,
     "labs show": DataDirUse.existing,
+    "outcomes import": DataDirUse.create,
+    "outcomes unlinked": DataDirUse.existing,
+    "outcomes link": DataDirUse.existing,
+    "model performance": DataDirUse.existing,
+    "cohort export": DataDirUse.existing,
     "jobs list": DataDirUse.existing,
     "jobs show": DataDirUse.existing,
     "jobs replay": DataDirUse.existing,
