@@ -52,7 +52,6 @@ def export_cohort(engine: Engine, data_dir: Path, out: Path, schema: object) -> 
         table(Study),
         table(Prediction),
     )
-    rows = []
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(

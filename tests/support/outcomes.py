@@ -23,12 +23,17 @@ def add_prediction(
     model_version: str = "site-1",
     threshold: float | None = 0.5,
     state: JobState = JobState.sent,
-    study_id: int | None = None,
+    same_study_as: int | None = None,
     features: dict[str, object] | None = None,
 ) -> int:
-    """A study (or a new series of ``study_id``) with one predicted job; returns the job id."""
+    """A study (or a new series of job ``same_study_as``'s study) with one predicted job; the job id."""
     n = next(_counter)
     with session_scope(engine) as session:
+        study_id = None
+        if same_study_as is not None:
+            earlier = session.get(Job, same_study_as)
+            assert earlier is not None
+            study_id = session.get(Series, earlier.series_id).study_id
         if study_id is None:
             study = Study(
                 study_instance_uid=f"1.2.826.0.1.3680043.10.9.{n}",

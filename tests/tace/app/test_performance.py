@@ -1,0 +1,115 @@
+"""Live performance against hand-computed values, drift against a stored training distribution."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pytest
+from sqlalchemy.engine import Engine
+
+from model.drift import feature_drift, psi, training_distribution
+from model.schema import FeatureSchema
+from tace.app.performance import evaluate_version, performance
+from tace.outcomes import LinkWindow, relink
+from tests.support.outcomes import add_prediction
+
+WINDOW = LinkWindow(4, 16)
+# control (CR/PR/SD) = 1, progression (PD) = 0; P(disease control) as the model stored it
+CASES = [("PR", 0.9), ("CR", 0.8), ("SD", 0.4), ("PD", 0.5), ("PD", 0.2)]
+
+
+def _outcome(engine: Engine, patient: str, response: str, assessed: dt.date) -> None:
+    from tace import phi
+    from tace.db import Outcome, session_scope
+
+    with session_scope(engine) as session:
+        session.add(
+            Outcome(
+                patient_id=patient,
+                patient_hash=phi.patient_hash(patient, None),
+                assessed_on=assessed,
+                response=response,
+                source_kind="csv",
+                source_id=f"test:{patient}:{assessed}",
+                outcome_key=f"csv:{assessed}",
+            )
+        )
+
+
+def test_performance_matches_hand_computed_auc_sensitivity_specificity_brier(engine: Engine) -> None:
+    study, assessed = dt.date(2026, 1, 5), dt.date(2026, 3, 1)
+    for index, (response, probability) in enumerate(CASES):
+        job = add_prediction(engine, patient_id=f"PERF{index}", study_date=study, probability=probability)
+        # a second model version on the same study is scored against the same outcome
+        add_prediction(
+            engine,
+            patient_id=f"PERF{index}",
+            study_date=study,
+            probability=1 - probability,
+            model_version="site-2",
+            threshold=None,
+            same_study_as=job,
+        )
+        _outcome(engine, f"PERF{index}", response, assessed)
+        # a later assessment of the same patient does not count twice
+        _outcome(engine, f"PERF{index}", "PD", assessed + dt.timedelta(weeks=8))
+    with engine.begin() as connection:
+        relink(connection, WINDOW)
+    first, second = performance(engine, min_outcomes=5, checkpoint_thresholds={"site-2": 0.5})
+    assert (first.model_version, first.outcomes, first.progressions, first.threshold) == ("site-1", 5, 2, 0.5)
+    # AUC: of the 3 x 2 (control, progression) pairs, the control case scores higher in 5
+    assert first.auc is not None and first.auc["value"] == pytest.approx(5 / 6)
+    assert first.auc["low"] <= 5 / 6 <= first.auc["high"]
+    # at 0.5, progression is predicted for 0.4 and 0.2: one of two progressions found,
+    # two of three controls kept
+    assert first.sensitivity == pytest.approx(1 / 2) and first.specificity == pytest.approx(2 / 3)
+    assert first.brier == pytest.approx((0.01 + 0.04 + 0.36 + 0.25 + 0.04) / 5)
+    assert [(b["predicted"], b["observed"], b["count"]) for b in first.calibration] == [
+        (0.2, 0.0, 1),
+        (0.4, 1.0, 1),
+        (0.5, 0.0, 1),
+        (0.8, 1.0, 1),
+        (0.9, 1.0, 1),
+    ]
+    assert second.model_version == "site-2" and second.auc["value"] == pytest.approx(1 / 6)
+    assert second.threshold == 0.5  # not stored with the predictions: the checkpoint's
+
+
+def test_too_few_or_one_class_is_said_instead_of_a_number() -> None:
+    from tace.app.performance import ScoredCase
+
+    def case(control: int, p: float) -> ScoredCase:
+        return ScoredCase(1, 1, "v", p, 0.5, control, dt.date(2026, 1, 1), dt.datetime(2026, 1, 1))
+
+    few = evaluate_version("v", [case(1, 0.7), case(0, 0.2)], min_outcomes=10)
+    assert few.auc is None and few.notes == [
+        "too few linked outcomes: 2 of the 10 needed (TACE_PERFORMANCE_MIN_OUTCOMES)"
+    ]
+    one_class = evaluate_version("v", [case(1, 0.7)] * 3, min_outcomes=3)
+    assert one_class.auc is None and one_class.sensitivity is None
+    assert one_class.notes == ["one class only (disease control): no AUC, sensitivity or specificity"]
+    assert one_class.brier == pytest.approx(0.09)
+
+
+def test_psi_by_hand_and_drift_against_a_training_summary() -> None:
+    # PSI of (0.5, 0.5) -> (0.25, 0.75): (0.25-0.5) ln(0.5) + (0.75-0.5) ln(1.5)
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(-0.25 * math.log(0.5) + 0.25 * math.log(1.5))
+    schema = FeatureSchema.load(None)
+    rng = np.random.default_rng(0)
+    training = [{"albumin": float(v)} for v in rng.normal(3.8, 0.4, 400).clip(1.5, 6)]
+    summary = training_distribution(schema, training)
+    albumin = summary["features"]["albumin"]
+    assert albumin["missing"] == 0 and len(albumin["edges"]) == 9
+    assert summary["features"]["afp"]["missing"] == 1.0
+    same = feature_drift(
+        schema, summary, [{"albumin": float(v)} for v in rng.normal(3.8, 0.4, 400).clip(1.5, 6)]
+    )
+    shifted = feature_drift(
+        schema, summary, [{"albumin": float(v)} for v in rng.normal(2.6, 0.4, 200).clip(1.5, 6)] + [{}] * 200
+    )
+    by_name = {d.feature: d for d in same}
+    assert by_name["albumin"].psi < 0.1
+    moved = {d.feature: d for d in shifted}["albumin"]
+    assert moved.psi > 0.25 and moved.missing == 0.5 and moved.training_missing == 0.0
