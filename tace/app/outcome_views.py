@@ -24,12 +24,16 @@ class OutcomeView:
     link_detail: str | None
     job_id: int | None
     source: str
+    patient_id: str | None = None
+    """Only for the phi role."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _views(engine: Engine, condition: sa.ColumnElement[bool], limit: int | None) -> list[OutcomeView]:
+def _views(
+    engine: Engine, condition: sa.ColumnElement[bool], limit: int | None, identifiers: bool
+) -> list[OutcomeView]:
     outcomes = table(Outcome)
     query = (
         sa.select(outcomes)
@@ -51,15 +55,19 @@ def _views(engine: Engine, condition: sa.ColumnElement[bool], limit: int | None)
             link_detail=row.link_detail,
             job_id=row.job_id,
             source=f"{row.source_kind} {row.source_id}",
+            patient_id=row.patient_id if identifiers else None,
         )
         for row in rows
     ]
 
 
-def unlinked_outcomes(engine: Engine, limit: int | None = None) -> list[OutcomeView]:
+def unlinked_outcomes(
+    engine: Engine, limit: int | None = None, *, identifiers: bool = False
+) -> list[OutcomeView]:
     outcomes = table(Outcome)
-    return _views(engine, outcomes.c.link_state.in_((LinkState.unmatched, LinkState.ambiguous)), limit)
+    condition = outcomes.c.link_state.in_((LinkState.unmatched, LinkState.ambiguous))
+    return _views(engine, condition, limit, identifiers)
 
 
-def recent_outcomes(engine: Engine, limit: int = 50) -> list[OutcomeView]:
-    return _views(engine, sa.true(), limit)
+def recent_outcomes(engine: Engine, limit: int = 50, *, identifiers: bool = False) -> list[OutcomeView]:
+    return _views(engine, sa.true(), limit, identifiers)

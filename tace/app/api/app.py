@@ -136,6 +136,12 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     ) -> dict[str, Any]:
         return views.replay(job_id, from_stage, new_generation, "replayed from the admin page")
 
+    @app.get("/api/performance")
+    def api_performance(
+        principal: Api, window: Annotated[str, Query(max_length=8)] = "all"
+    ) -> dict[str, Any]:
+        return admin.to_jsonable(views.performance(principal, window))
+
     @app.get("/api/series")
     def api_series(principal: Api, state: str | None = None, limit: Limit = 100) -> list[dict[str, Any]]:
         with session_scope(engine) as session:

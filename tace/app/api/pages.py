@@ -26,7 +26,7 @@ from tace.app.api.session import (
     check_same_origin,
     is_tls,
 )
-from tace.app.api.views import JobId, JobViews
+from tace.app.api.views import MAX_ROW_ID, JobId, JobViews
 from tace.db import TERMINAL_JOB_STATES, JobState
 from tace.display import probability_text
 
@@ -196,6 +196,44 @@ def page_routes(views: JobViews, tokens: TokenCheck, sessions: Sessions) -> APIR
             text = f"not replayed: {exc.detail}"
         return RedirectResponse(
             f"/jobs/{job_id}?{urlencode({'message': text})}", status_code=status.HTTP_303_SEE_OTHER
+        )
+
+    @router.get("/performance", response_class=HTMLResponse)
+    def performance_page(
+        request: Request,
+        session: Page,
+        window: Annotated[str, Query(max_length=8)] = "all",
+        message: Annotated[str | None, Query(max_length=300)] = None,
+    ) -> Response:
+        if session is None:
+            return _to_login()
+        return render(
+            request,
+            "performance.html",
+            session,
+            view=views.performance(session.principal, window),
+            message=message,
+            sees_identifiers=session.principal.sees_identifiers,
+        )
+
+    @router.post("/outcomes/{outcome_id}/link")
+    def outcome_link(
+        request: Request,
+        session: Page,
+        outcome_id: JobId,
+        job_id: Annotated[int, Form(ge=1, le=MAX_ROW_ID)],
+        csrf_token: Annotated[str | None, Form()] = None,
+    ) -> Response:
+        if session is None:
+            return _to_login()
+        check_csrf(request, session, csrf_token)
+        try:
+            views.link_outcome(outcome_id, job_id)
+            text = f"outcome {outcome_id} linked to job {job_id}"
+        except HTTPException as exc:
+            text = f"not linked: {exc.detail}"
+        return RedirectResponse(
+            f"/performance?{urlencode({'message': text})}", status_code=status.HTTP_303_SEE_OTHER
         )
 
     return router

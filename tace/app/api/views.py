@@ -105,3 +105,23 @@ class JobViews:
         if not path.is_file():
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"the SR of job {job_id} is missing from {path}")
         return path
+
+    def performance(self, principal: Principal, window: str) -> dict[str, Any]:
+        """Live performance, drift and outcomes (see :mod:`tace.app.performance_view`)."""
+        from tace.app.performance import WINDOWS
+        from tace.app.performance_view import performance_page
+
+        if window not in WINDOWS:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown window {window!r}; use 90d or all")
+        return performance_page(
+            self._settings, self._engine, window=window, identifiers=principal.sees_identifiers
+        )
+
+    def link_outcome(self, outcome_id: int, job_id: int) -> None:
+        from tace.outcomes import LinkError, link_manually
+
+        try:
+            with self._engine.begin() as connection:
+                link_manually(connection, outcome_id, job_id)
+        except LinkError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
