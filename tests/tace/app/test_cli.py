@@ -31,6 +31,8 @@ COMMANDS = [
     "db",
     "predict",
     "series",
+    "outcomes",
+    "cohort",
 ]
 
 
@@ -56,7 +58,9 @@ def test_help_lists_every_command() -> None:
     [
         ("jobs", ["list", "show", "replay"]),
         ("labs", ["import", "show"]),
-        ("model", ["demo", "info", "cohort"]),
+        ("model", ["demo", "info", "cohort", "performance"]),
+        ("outcomes", ["import", "unlinked", "link"]),
+        ("cohort", ["export"]),
         ("db", ["upgrade"]),
         ("bench", ["model", "ingest", "hl7", "pipeline"]),
         ("series", ["classify"]),
