@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from pydicom.uid import generate_uid
 from sqlalchemy.engine import Engine
 
+from tace import phi
 from tace.db import (
     Delivery,
     DeliveryState,
@@ -39,6 +40,7 @@ from tace.schema import upgrade_schema
 from tests.factories import add_jobs
 from tests.support import responses
 from tests.support.listener import storescu
+from tests.support.outcomes import seed_site_cases, write_site_checkpoint
 from tests.support.processes import REPO_ROOT, spawn, stop, tace_command, tace_env
 from tests.support.services import free_port, require_tool, wait_for_port, wait_until
 
@@ -405,3 +407,46 @@ def test_the_session_cookie_is_secure_behind_a_local_tls_proxy(admin_api) -> Non
 
     assert "; secure" in login({"X-Forwarded-Proto": "https"})
     assert "; secure" not in login({})
+
+
+def test_performance_view_renders_its_plots_in_chromium(
+    data_dir: Path, tmp_path: Path, demo_checkpoint: Path, browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.setattr(phi, "_hash_key", None)
+    phi.load_hash_key(data_dir)
+    engine = make_engine(f"sqlite:///{data_dir / 'tace.db'}")
+    upgrade_schema(engine)
+    seed_site_cases(engine)
+    engine.dispose()
+    checkpoint = write_site_checkpoint(demo_checkpoint, tmp_path / "site.safetensors")
+    port = free_port()
+    env = tace_env(
+        data_dir=data_dir,
+        api_port=port,
+        api_token="perf-operator",
+        model_checkpoint=checkpoint,
+        log_format="json",
+    )
+    process = spawn(tace_command("api"), env, tmp_path / "api.log")
+    try:
+        wait_for_port(port, timeout=60)
+        base = f"http://127.0.0.1:{port}"
+        browser.get(f"{base}/login")
+        browser.find_element(By.ID, "token").send_keys("perf-operator")
+        browser.find_element(By.ID, "login").click()
+        browser.find_element(By.ID, "nav-performance").click()
+        assert "lies below the validated" in browser.find_element(By.ID, "warning-1").text
+        for plot in ("roc-site-1", "calibration-site-1"):
+            size = browser.execute_script(
+                "const i = document.getElementById(arguments[0]); return [i.complete, i.naturalWidth];", plot
+            )
+            assert size[0] and size[1] > 300, (plot, size)
+        assert "albumin" in browser.find_element(By.ID, "drift").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "admin-performance.png"
+        assert browser.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        stop(process)

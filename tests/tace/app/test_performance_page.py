@@ -13,31 +13,14 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.drift import training_distribution
 from tace import phi
 from tace.app.api.app import create_app
-from tace.db import Outcome, session_scope
-from tests.support.outcomes import add_prediction
+from tests.support.outcomes import add_prediction, seed_site_cases, write_site_checkpoint
 
 
 @pytest.fixture
 def site_checkpoint(demo_checkpoint: Path, tmp_path: Path) -> Path:
-    """The demo network with a validated AUC of 0.90 (0.85-0.95) and albumin around 4 g/dL in training."""
-    loaded = load_checkpoint(demo_checkpoint)
-    rows = [{"albumin": 3.6 + 0.01 * i} for i in range(80)]
-    meta = dataclasses.replace(
-        loaded.meta,
-        version="site-1",
-        validation={
-            "method": "cross-validated",
-            "auc": {"value": 0.9, "low": 0.85, "high": 0.95},
-            "cases": 80,
-        },
-        training_distribution=training_distribution(loaded.meta.schema, rows),
-    )
-    path = tmp_path / "site.safetensors"
-    save_checkpoint(path, loaded.model, meta)
-    return path
+    return write_site_checkpoint(demo_checkpoint, tmp_path / "site.safetensors")
 
 
 def _login(client: TestClient, token: str) -> str:
@@ -45,47 +28,6 @@ def _login(client: TestClient, token: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/performance").text)
     assert match
     return match.group(1)
-
-
-def _cases(engine: Engine) -> tuple[int, int]:
-    """12 linked cases scored the wrong way round (AUC 0), albumin far below training; one ambiguous outcome."""
-    for index in range(12):
-        progression = index % 2 == 0
-        add_prediction(
-            engine,
-            patient_id=f"PAGE{index}",
-            study_date=dt.date(2026, 1, 5),
-            probability=0.8 if progression else 0.2,
-            features={"albumin": {"value": 2.4, "unit": "g/dL"}},
-        )
-        with session_scope(engine) as session:
-            session.add(
-                Outcome(
-                    patient_id=f"PAGE{index}",
-                    patient_hash=phi.patient_hash(f"PAGE{index}", None),
-                    assessed_on=dt.date(2026, 3, 1),
-                    response="PD" if progression else "SD",
-                    source_kind="csv",
-                    source_id=f"page:{index}",
-                    outcome_key="csv:2026-03-01",
-                )
-            )
-    first = add_prediction(engine, patient_id="PAGEX", study_date=dt.date(2025, 12, 20), probability=0.5)
-    add_prediction(engine, patient_id="PAGEX", study_date=dt.date(2026, 1, 10), probability=0.5)
-    with session_scope(engine) as session:
-        outcome = Outcome(
-            patient_id="PAGEX",
-            patient_hash=phi.patient_hash("PAGEX", None),
-            assessed_on=dt.date(2026, 3, 1),
-            response="CR",
-            source_kind="csv",
-            source_id="page:x",
-            outcome_key="csv:2026-03-01",
-        )
-        session.add(outcome)
-        session.flush()
-        assert outcome.id is not None
-        return outcome.id, first
 
 
 def test_performance_page_shows_plots_drift_warnings_and_links_with_csrf(
@@ -96,7 +38,7 @@ def test_performance_page_shows_plots_drift_warnings_and_links_with_csrf(
         api_phi_token=SecretStr("phi-secret"),
         model_checkpoint=site_checkpoint,
     )
-    outcome_id, job_id = _cases(sqlite_engine)
+    outcome_id, job_id = seed_site_cases(sqlite_engine)
     client = TestClient(create_app(settings, sqlite_engine))
     assert client.get("/performance", follow_redirects=False).status_code == 303
     csrf = _login(client, "operator-secret")
