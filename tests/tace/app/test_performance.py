@@ -113,3 +113,31 @@ def test_psi_by_hand_and_drift_against_a_training_summary() -> None:
     assert by_name["albumin"].psi < 0.1
     moved = {d.feature: d for d in shifted}["albumin"]
     assert moved.psi > 0.25 and moved.missing == 0.5 and moved.training_missing == 0.0
+
+
+def test_the_90_day_window_and_superseded_jobs(sqlite_engine: Engine) -> None:
+    import sqlalchemy as sa
+
+    from tace.db import Job, JobState, Prediction, utcnow
+
+    study = dt.date(2026, 1, 5)
+    recent = add_prediction(sqlite_engine, patient_id="WIN1", study_date=study, probability=0.7)
+    old = add_prediction(sqlite_engine, patient_id="WIN2", study_date=study, probability=0.3)
+    replaced = add_prediction(
+        sqlite_engine, patient_id="WIN3", study_date=study, probability=0.5, state=JobState.superseded
+    )
+    for patient in ("WIN1", "WIN2", "WIN3"):
+        _outcome(sqlite_engine, patient, "PR", dt.date(2026, 3, 1))
+    with sqlite_engine.begin() as connection:
+        connection.execute(
+            sa.update(Prediction.__table__)
+            .where(Prediction.__table__.c.job_id == old)
+            .values(created_at=utcnow() - dt.timedelta(days=91))
+        )
+        relink(connection, WINDOW)
+        states = dict(connection.execute(sa.select(Job.__table__.c.id, Job.__table__.c.state)).all())
+    assert states[replaced] == JobState.superseded
+    (everything,) = performance(sqlite_engine, window="all", min_outcomes=2)
+    (last_90,) = performance(sqlite_engine, window="90d", min_outcomes=2)
+    assert everything.outcomes == 2 and last_90.outcomes == 1
+    assert last_90.y_score == [0.7] and recent not in (old, replaced)
