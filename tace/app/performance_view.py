@@ -59,7 +59,9 @@ def _active_meta(settings: Settings) -> Any:
         return None
 
 
-def performance_page(settings: Settings, engine: Engine, *, window: str, identifiers: bool) -> dict[str, Any]:
+def performance_page(
+    settings: Settings, engine: Engine, *, window: str, identifiers: bool, plots: bool = True
+) -> dict[str, Any]:
     """Everything the page shows; ``identifiers`` adds patient IDs (the phi role only)."""
     with engine.begin() as connection:
         relink(connection, LinkWindow(settings.outcome_link_min_weeks, settings.outcome_link_max_weeks))
@@ -84,7 +86,7 @@ def performance_page(settings: Settings, engine: Engine, *, window: str, identif
         warnings.append(f"input drift: PSI over 0.25 for {', '.join(drift.major)}")
     return {
         "window": window,
-        "versions": [{**r.as_dict(), "plots": _plots(r)} for r in results],
+        "versions": [{**r.as_dict(), "plots": _plots(r) if plots else {}} for r in results],
         "validated": meta.validation_statement if meta is not None else None,
         "drift": drift.as_dict() if drift is not None else None,
         "recent": recent_outcomes(engine, 50, identifiers=identifiers),

@@ -23,6 +23,7 @@ from tace.app.api.health import health
 from tace.app.api.pages import TEMPLATES, page_routes
 from tace.app.api.session import CsrfRefused, Sessions
 from tace.app.api.views import JobId, JobViews
+from tace.app.performance_metrics import PerformanceCollector
 from tace.db import session_scope
 from tace.logging import get_logger
 from tace.settings import Settings
@@ -45,6 +46,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     )
     tokens = TokenCheck(settings)
     views = JobViews(settings, engine)
+    performance_gauges = PerformanceCollector(settings, engine)
 
     def bearer(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -100,7 +102,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
         from tace.metrics import registry
 
-        return Response(generate_latest(registry(engine)), media_type=CONTENT_TYPE_LATEST)
+        collected = registry(engine)
+        collected.register(performance_gauges)
+        return Response(generate_latest(collected), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/jobs")
     def api_jobs(

@@ -64,6 +64,11 @@ def test_performance_page_shows_plots_drift_warnings_and_links_with_csrf(
 
     api = client.get("/api/performance", headers={"Authorization": "Bearer operator-secret"}).json()
     assert api["versions"][0]["auc"]["value"] == 0.0 and "PAGE" not in str(api["recent"])
+    gauges = client.get("/metrics").text
+    assert 'tace_outcomes_linked{model_version="site-1"} 13.0' in gauges  # with the one linked by hand
+    assert float(re.search(r'tace_model_auc_lower\{model_version="site-1"\} (\S+)', gauges).group(1)) < 0.1
+    assert "tace_outcomes_unlinked 0.0" in gauges
+    assert float(re.search(r'tace_input_drift_psi\{feature="albumin"\} (\S+)', gauges).group(1)) > 0.25
     phi_client = TestClient(create_app(settings, sqlite_engine))
     _login(phi_client, "phi-secret")
     assert "(PAGE1)" in phi_client.get("/performance").text
