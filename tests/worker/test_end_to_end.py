@@ -76,6 +76,9 @@ def test_storescu_to_orthanc_sr_in_the_same_study_valid_and_readable(
     dump = subprocess.run([dsrdump, "+Pl", str(sr_file)], capture_output=True, text=True).stdout
     prediction = _prediction(system, job.id)
     assert f'"Probability of disease control")="{round(prediction.probability, 4):g}"' in dump
+    # the threshold the label was decided at is kept with the prediction (live performance uses it)
+    assert prediction.threshold is not None
+    assert f'"Decision threshold for disease control")="{round(prediction.threshold, 4):g}"' in dump
     code = "DC" if prediction.label == "disease_control" else "PD"
     assert f"({code},99TACE," in dump
     assert 'TEXT:(,,"Algorithm Name")="CLDCA"' in dump
