@@ -25,7 +25,8 @@ from tace.db import Job, JobState, LinkState, Outcome, Prediction, Series, Study
 MRECIST = ("CR", "PR", "SD", "PD")
 PROGRESSION = "PD"
 """Progressive disease; CR, PR and SD are disease control."""
-PREDICTED_STATES = (JobState.predicted, JobState.sent)
+PREDICTED_STATES = (JobState.predicted, JobState.sent, JobState.no_destination)
+"""Jobs whose prediction is current (superseded and failed jobs are not judged)."""
 
 
 class LinkError(ValueError):
@@ -160,7 +161,9 @@ def link_manually(connection: sa.Connection, outcome_id: int, job_id: int) -> No
     if target is None:
         raise LinkError(f"no job {job_id}")
     if target.state not in PREDICTED_STATES:
-        raise LinkError(f"job {job_id} is {target.state}: only a predicted or sent job has a prediction")
+        raise LinkError(
+            f"job {job_id} is {target.state}: only a predicted, sent or no-destination job is judged"
+        )
     if target.patient_hash != outcome.patient_hash:
         raise LinkError(f"job {job_id} is another patient's (patient hash {target.patient_hash})")
     connection.execute(

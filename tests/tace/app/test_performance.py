@@ -115,13 +115,15 @@ def test_psi_by_hand_and_drift_against_a_training_summary() -> None:
     assert moved.psi > 0.25 and moved.missing == 0.5 and moved.training_missing == 0.0
 
 
-def test_the_90_day_window_and_superseded_jobs(sqlite_engine: Engine) -> None:
+def test_the_90_day_window_superseded_jobs_and_no_destination(sqlite_engine: Engine) -> None:
     import sqlalchemy as sa
 
     from tace.db import Job, JobState, Prediction, utcnow
 
     study = dt.date(2026, 1, 5)
-    recent = add_prediction(sqlite_engine, patient_id="WIN1", study_date=study, probability=0.7)
+    recent = add_prediction(
+        sqlite_engine, patient_id="WIN1", study_date=study, probability=0.7, state=JobState.no_destination
+    )
     old = add_prediction(sqlite_engine, patient_id="WIN2", study_date=study, probability=0.3)
     replaced = add_prediction(
         sqlite_engine, patient_id="WIN3", study_date=study, probability=0.5, state=JobState.superseded
