@@ -54,17 +54,18 @@ def test_storescu_series_lands_byte_exact_completes_and_queues_one_job_in_redis(
     request: pytest.FixtureRequest,
 ) -> None:
     files = ct_series(slices=100, shuffle_instance_numbers=True)
-    settings: dict[str, object] = {"broker_url": redis_server.url}
+    # A quiet timeout far beyond the wait: only the release grace (1 s) can complete it.
+    settings: dict[str, object] = {"broker_url": redis_server.url, "series_quiet_seconds": 600}
     if database == "postgresql":
         settings["database_url"] = request.getfixturevalue("postgres_url")
     listener = start_listener(**settings)
     sent = storescu(listener.port, files)
     assert sent.returncode == 0, sent.stderr
-    released_at = time.monotonic()
 
     series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-    wait_until(lambda: _series_state(listener, series_uid) == "complete", 15, what="series completion")
-    assert time.monotonic() - released_at < 1 + 2, "not completed within the release grace (1 s) and a scan"
+    wait_until(
+        lambda: _series_state(listener, series_uid) == "complete", 120, what="completion by the release grace"
+    )
 
     rows = _rows(listener, Instance)
     assert len(rows) == 100
