@@ -25,6 +25,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from model.calibration import Calibrator
 from model.config import MODEL_NAME, CLDCAConfig, PreprocessConfig
+from model.contract import InputContract
 from model.network import CLDCA
 from model.schema import FeatureSchema, Normalization, SchemaError
 
@@ -57,6 +58,15 @@ class CheckpointMeta:
     model_name: str = MODEL_NAME
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     weights_sha256: str = ""
+    input_contract: InputContract = field(default_factory=InputContract.legacy)
+    """The series the model needs; its phases are ``config.phases`` (checked here)."""
+
+    def __post_init__(self) -> None:
+        if self.input_contract.phases != self.config.phases:
+            raise ValueError(
+                f"input_contract.phases {self.input_contract.phases!r} differ from "
+                f"config.phases {self.config.phases!r}; the channels are declared once, in the config"
+            )
 
     @property
     def calibrator(self) -> Calibrator | None:
@@ -93,6 +103,7 @@ class CheckpointMeta:
             "warnings": self.warnings,
             "weights_sha256": self.weights_sha256,
             **({"training_distribution": self.training_distribution} if self.training_distribution else {}),
+            "input_contract": self.input_contract.to_dict(),
         }
 
     @classmethod
@@ -118,6 +129,10 @@ class CheckpointMeta:
             training_distribution=dict(data["training_distribution"])
             if data.get("training_distribution")
             else None,
+            # Checkpoints older than the contract read any one series of any thickness.
+            input_contract=InputContract.from_dict(data["input_contract"])
+            if "input_contract" in data
+            else InputContract.legacy(),
         )
 
 

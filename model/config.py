@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from model.contract import LEGACY_PHASES, validate_phases
+
 MODEL_NAME = "CLDCA"
 CLASS_NAMES = ("progressive_disease", "disease_control")
 """Index 1 is disease control (CR + PR + SD); its softmax is the reported probability."""
@@ -55,9 +57,12 @@ class CLDCAConfig:
     freeze_backbone: bool = False
     standardize_clinical: bool = True
     """Centre and scale the clinical inputs by training statistics (see ``ClinicalEncoder``)."""
+    phases: tuple[str, ...] = LEGACY_PHASES
+    """The contrast phase of each input channel (``model.contract``): one repeated, or three."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variant", Variant(self.variant))
+        object.__setattr__(self, "phases", validate_phases(self.phases))
         object.__setattr__(self, "clinical_hidden", tuple(self.clinical_hidden))
         for name in (
             "backbone_dim",
@@ -87,6 +92,7 @@ class CLDCAConfig:
         data = dataclasses.asdict(self)
         data["variant"] = self.variant.value
         data["clinical_hidden"] = list(self.clinical_hidden)
+        data["phases"] = list(self.phases)
         return data
 
     @classmethod
@@ -95,7 +101,8 @@ class CLDCAConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        # Checkpoints older than standardize_clinical were trained without it.
+        # Checkpoints older than standardize_clinical were trained without it; older than
+        # phases, on any one series (the dataclass default).
         return cls(**{"standardize_clinical": False, **data})
 
 

@@ -3,7 +3,12 @@
 A manifest has one row per case: ``case_id``, ``label``, ``volume`` (a cached
 ``.npy``/``.npz`` HU volume, or a DICOM series folder that the caller's loader
 reads; not needed for clinical-only models), then one column per schema feature
-it has values for. A header ``name[unit]`` gives that column's unit; values are
+it has values for. A multi-phase model reads one column per contrast phase
+instead (``volume_arterial``, ``volume_portal_venous``, ``volume_delayed``; the
+phases of a case share one slice grid), and a single-phase model may name its
+phase's column. An optional ``slice_thickness_mm`` column records each case's
+reconstruction, so the checkpoint's input contract states the range it was
+trained on. A header ``name[unit]`` gives that column's unit; values are
 converted to the schema's canonical unit by the caller's unit table (the clinical
 feed's), so centimetres never pass as millimetres. ``NA``, ``.`` and empty cells
 are missing. A ``synthetic`` column marks generated cases. Labels are mRECIST
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from model.config import CLASS_NAMES
+from model.contract import LEGACY_PHASES, PHASES, validate_phases
 from model.schema import FeatureKind, FeatureSchema, FeatureValueError, SchemaError
 
 VolumeLoader = Callable[[Path], np.ndarray]
@@ -49,7 +55,16 @@ MISSING = frozenset({"", "na", "n/a", ".", "nan"})
 """Cell values that mean "not measured"."""
 
 SYNTHETIC_COLUMN = "synthetic"
-_RESERVED = ("case_id", "label", "volume", SYNTHETIC_COLUMN)
+THICKNESS_COLUMN = "slice_thickness_mm"
+PHASE_COLUMN_PREFIX = "volume_"
+_RESERVED = (
+    "case_id",
+    "label",
+    "volume",
+    SYNTHETIC_COLUMN,
+    THICKNESS_COLUMN,
+    *(PHASE_COLUMN_PREFIX + p for p in PHASES),
+)
 _UNIT_HEADER = re.compile(r"^(?P<name>[^\[\]]+?)\s*\[(?P<unit>[^\[\]]*)\]$")
 _YES = frozenset({"yes", "y", "true", "1"})
 _NO = frozenset({"no", "n", "false", "0", ""})
@@ -69,8 +84,18 @@ class ManifestCase:
     case_id: str
     label: int
     volume: Path | None
+    """The first channel's volume (the only one for a single-phase model)."""
     clinical: dict[str, object]
     line: int
+    phase_volumes: tuple[Path, ...] = ()
+    """One volume per channel of a multi-phase model, in the declared phase order."""
+    slice_thickness_mm: float | None = None
+
+    @property
+    def volume_paths(self) -> tuple[Path, ...]:
+        if self.phase_volumes:
+            return self.phase_volumes
+        return (self.volume,) if self.volume is not None else ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,11 @@ class Manifest:
     columns: list[str]
     units: dict[str, str] = field(default_factory=dict)
     positive_label: str | None = None
+    phases: tuple[str, ...] = LEGACY_PHASES
+    """The channels its volumes fill (``model.contract``)."""
+    volume_columns: tuple[str, ...] = ()
+    phase_columns: tuple[str, ...] = ()
+    """Every ``volume_<phase>`` column of the file, read or not."""
 
     @property
     def class_counts(self) -> dict[str, int]:
@@ -100,6 +130,9 @@ class Manifest:
             "synthetic": self.synthetic,
             "feature_columns": self.columns,
             "units": self.units,
+            "phases": list(self.phases),
+            "volume_columns": list(self.volume_columns),
+            "phase_columns": list(self.phase_columns),
             **({"positive_label": self.positive_label} if self.positive_label is not None else {}),
         }
 
@@ -213,6 +246,39 @@ class _Labels:
         )
 
 
+def manifest_phases(header: list[str]) -> tuple[str, ...]:
+    """The phases a manifest's columns give when none are asked for.
+
+    A ``volume`` column: any one series; else its ``volume_<phase>`` columns, in the
+    contract's canonical order (arterial, portal venous, delayed, non-contrast).
+    """
+    present = [p for p in PHASES if PHASE_COLUMN_PREFIX + p in header]
+    if "volume" in header or not present:
+        return LEGACY_PHASES
+    return tuple(present)
+
+
+def volume_columns(header: list[str], phases: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns that hold each channel's volume; a single phase may use ``volume``."""
+    if phases == LEGACY_PHASES:
+        return ("volume",)
+    if len(phases) == 1 and PHASE_COLUMN_PREFIX + phases[0] not in header:
+        return ("volume",)
+    return tuple(PHASE_COLUMN_PREFIX + p for p in phases)
+
+
+def _thickness(text: str) -> float | None:
+    if text.lower() in MISSING:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a positive number of millimetres")
+    return value
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -228,12 +294,14 @@ def read_manifest(
     needs_volume: bool = True,
     units: UnitConverter | None = None,
     positive_label: str | None = None,
+    phases: tuple[str, ...] | None = None,
 ) -> Manifest:
     """Every case of ``path``, or a ``ManifestError`` listing every problem.
 
     ``needs_volume``: False for clinical-only models, which never read a volume.
     ``units``: converts ``name[unit]`` columns; without it only canonical units pass.
     ``positive_label``: the label value that codes progressive disease, for numeric labels.
+    ``phases``: the model's channels; None takes them from the columns (``manifest_phases``).
     """
     if not path.is_file():
         raise ManifestError(path, ["no such file"])
@@ -244,10 +312,17 @@ def read_manifest(
     labels = _Labels(positive_label)
     reader = csv.DictReader(raw.decode("utf-8-sig", errors="replace").splitlines())
     header = list(reader.fieldnames or [])
-    required = ("case_id", "label", "volume") if needs_volume else ("case_id", "label")
+    try:
+        phases = validate_phases(phases, "--phases") if phases is not None else manifest_phases(header)
+    except ValueError as exc:
+        raise ManifestError(path, [f"line 1: {exc}"]) from None
+    channels = volume_columns(header, phases) if needs_volume else ()
+    required = ("case_id", "label", *channels)
     absent = [c for c in required if c not in header]
     if absent:
-        hint = " (image models read one volume per case)" if "volume" in absent else ""
+        hint = ""
+        if any(c.startswith("volume") for c in absent):
+            hint = f" (the model reads phases {', '.join(phases)}: one volume column per phase)"
         raise ManifestError(path, [f"line 1: missing column(s) {', '.join(absent)}{hint}"])
     columns = _feature_columns(header, schema, units, problems)
     seen: set[str] = set()
@@ -266,12 +341,19 @@ def read_manifest(
             label = labels(_cell(row, "label"))
         except ValueError as exc:
             problems.append(f"line {line}, column label, value {_cell(row, 'label')!r}: {exc}")
-        volume: Path | None = None
-        if needs_volume:
-            given = _cell(row, "volume")
-            volume = (path.parent / given).resolve()
-            if not given or not volume.exists():
-                problems.append(f"line {line}, column volume, value {given!r}: does not exist")
+        paths: list[Path] = []
+        for channel in channels:
+            given = _cell(row, channel)
+            paths.append((path.parent / given).resolve())
+            if not given or not paths[-1].exists():
+                problems.append(f"line {line}, column {channel}, value {given!r}: does not exist")
+        thickness: float | None = None
+        try:
+            thickness = _thickness(_cell(row, THICKNESS_COLUMN))
+        except ValueError as exc:
+            problems.append(
+                f"line {line}, column {THICKNESS_COLUMN}, value {_cell(row, THICKNESS_COLUMN)!r}: {exc}"
+            )
         marker = _cell(row, SYNTHETIC_COLUMN).lower()
         if marker in _YES:
             synthetic = True
@@ -285,7 +367,17 @@ def read_manifest(
             except ValueError as exc:
                 problems.append(f"line {line}, column {column.header}, value {cell!r}: {exc}")
         if label is not None:
-            cases.append(ManifestCase(case_id, label, volume, clinical, line))
+            cases.append(
+                ManifestCase(
+                    case_id,
+                    label,
+                    paths[0] if paths else None,
+                    clinical,
+                    line,
+                    tuple(paths) if len(paths) > 1 else (),
+                    thickness,
+                )
+            )
     if labels.positive is not None and labels.positive not in label_values:
         problems.append(f"column label: no row has the value {positive_label!r} given as progressive disease")
     if problems:
@@ -300,7 +392,31 @@ def read_manifest(
         columns=[c.feature for c in columns],
         units={c.feature: c.unit for c in columns if c.unit is not None},
         positive_label=positive_label,
+        phases=phases,
+        volume_columns=channels,
+        phase_columns=tuple(c for c in header if c.startswith(PHASE_COLUMN_PREFIX)),
     )
+
+
+def load_case_volume(case: ManifestCase, loader: VolumeLoader) -> np.ndarray:
+    """(slices, rows, columns) for one phase; (slices, phases, rows, columns) for several.
+
+    The phases of a case must share one slice grid (resampled beforehand, as the
+    gateway does); otherwise a ``ValueError`` names the case and the shapes.
+    """
+    paths = case.volume_paths
+    if not paths:
+        raise ValueError(f"case {case.case_id}: an image model needs a volume")
+    if len(paths) == 1:
+        return loader(paths[0])
+    volumes = [loader(p) for p in paths]
+    shapes = [v.shape for v in volumes]
+    if len(set(shapes)) != 1:
+        raise ValueError(
+            f"case {case.case_id}: its phases have shapes {', '.join(str(s) for s in shapes)}; "
+            "resample them onto one slice grid first"
+        )
+    return np.stack(volumes, axis=1)
 
 
 def load_cached_volume(path: Path) -> np.ndarray:

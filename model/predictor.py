@@ -1,4 +1,4 @@
-"""Inference: a checkpoint loaded once per process, one series and its labs in, a result out."""
+"""Inference: a checkpoint loaded once per process, one study's volume and its labs in, a result out."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import Tensor
 from model.checkpoint import LoadedCheckpoint, load_checkpoint
 from model.config import CLASS_NAMES
 from model.device import inference_precision, resolve_device
-from model.preprocess import preprocess_volume
+from model.preprocess import check_volume_shape, preprocess_volume
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,20 @@ class Predictor:
         return cls(load_checkpoint(path, resolved), resolved)
 
     def _slice_features(self, volume_hu: Tensor) -> Tensor:
-        slices = preprocess_volume(volume_hu, self.meta.preprocess)
+        slices = preprocess_volume(volume_hu, self.meta.preprocess, self.meta.config.phases)
         backbone = self.model.backbone
         assert backbone is not None
         parts = [backbone(slices[i : i + self.slice_batch]) for i in range(0, len(slices), self.slice_batch)]
         return torch.cat(parts).float().unsqueeze(0)
 
     def predict(self, volume_hu: np.ndarray | Tensor, clinical: Mapping[str, object]) -> PredictionResult:
-        """``volume_hu``: (slices, rows, columns) in HU, ordered along the slice normal."""
+        """``volume_hu`` in HU, slices ordered along the slice normal.
+
+        (slices, rows, columns) for a single-phase checkpoint; (slices, 3, rows,
+        columns) for a three-phase one, channels in ``meta.config.phases`` order
+        (the phases resampled onto one set of slice positions). Any other shape is a
+        ``ValueError`` naming it and the shape the checkpoint needs.
+        """
         timings: dict[str, float] = {}
         start = time.perf_counter()
         encoded = self.meta.schema.encode(clinical, self.meta.normalization)
@@ -81,6 +87,7 @@ class Predictor:
         with inference_precision(self.device, self.bf16):
             features = lengths = None
             if variant.uses_image:
+                check_volume_shape(tuple(volume_hu.shape), self.meta.config.phases)
                 volume = torch.as_tensor(volume_hu, dtype=torch.float32).to(self.device, non_blocking=True)
                 features = self._slice_features(volume)
                 slices_used = int(features.shape[1])

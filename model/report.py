@@ -104,6 +104,18 @@ def _warning_lines(warnings: Sequence[str]) -> list[str]:
     return [f"> **{w}**" for w in warnings] + ([""] if warnings else [])
 
 
+def _planted_lines(provenance: dict[str, Any]) -> list[str]:
+    """Say so when the cohort is a synthetic multi-phase one: its signal was put there."""
+    if not provenance.get("synthetic") or len(provenance.get("phase_columns", [])) < 2:
+        return []
+    return [
+        "> PLANTED SIGNAL: this synthetic multi-phase cohort puts the label in the lesion's "
+        "enhancement pattern (arterial wash-in, portal venous wash-out); a model reading one "
+        "phase sees only part of it. This model reads: " + ", ".join(provenance.get("phases", ["any"])) + ".",
+        "",
+    ]
+
+
 def write_cv_report(
     result: CrossValidation, summary: CvSummary, out: Path, context: dict[str, Any]
 ) -> dict[str, Path]:
@@ -136,6 +148,7 @@ def write_cv_report(
         "",
         *_warning_lines(summary.warnings),
         *(["> DEMO: trained on a synthetic cohort; no clinical meaning.", ""] if demo else []),
+        *_planted_lines(provenance),
         f"Cases: {summary.cases} ({summary.cases - summary.progressions} disease control, "
         f"{summary.progressions} progressive disease)"
         + (

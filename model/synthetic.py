@@ -11,6 +11,14 @@ about a hundred patients, few progressions, a dozen weakly informative columns
 with some values missing, and no images. It is what an honest training pipeline
 must not overfit.
 
+``make_phase_cohort`` writes each case as three contrast phases (arterial,
+portal venous, delayed) of one liver, with the image signal planted in the
+lesion's enhancement pattern: disease control goes with strong arterial wash-in
+and portal venous wash-out. The lesion's own density varies from case to case
+by more than that (a nuisance shared by its phases), so one phase alone shows
+the pattern only faintly, and a model reading all three phases as channels can
+see it; a planted signal, which the training report names as such.
+
 Every manifest written here carries a ``synthetic`` column, so a model trained on
 it is always flagged as a demo model.
 """
@@ -19,13 +27,14 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from model.config import CLASS_NAMES
-from model.data import SYNTHETIC_COLUMN
+from model.contract import THREE_PHASES
+from model.data import PHASE_COLUMN_PREFIX, SYNTHETIC_COLUMN, THICKNESS_COLUMN
 from model.schema import FeatureKind, FeatureSchema
 
 
@@ -37,6 +46,13 @@ class SyntheticCase:
     clinical: dict[str, object]
     image_latent: float
     clinical_latent: float
+    phase_volumes: dict[str, np.ndarray] = field(default_factory=dict)
+    """One (slices, rows, columns) HU volume per contrast phase, on one slice grid."""
+    slice_thickness_mm: float | None = None
+
+    def stacked(self, phases: Sequence[str] = THREE_PHASES) -> np.ndarray:
+        """(slices, phases, rows, columns): the phases as a three-phase model's channels."""
+        return np.stack([self.phase_volumes[p] for p in phases], axis=1)
 
 
 def _tumour_volume(rng: np.random.Generator, slices: int, size: int, latent: float) -> np.ndarray:
@@ -56,6 +72,96 @@ def _tumour_volume(rng: np.random.Generator, slices: int, size: int, latent: flo
     volume[tumour] = 80.0 + 60.0 * latent
     volume += rng.normal(0.0, 10.0, size=volume.shape).astype(np.float32)
     return volume
+
+
+PHASE_LIVER_HU = {"non_contrast": 55.0, "arterial": 75.0, "portal_venous": 115.0, "delayed": 95.0}
+"""Liver parenchyma per phase: modest arterial, strongest portal venous enhancement."""
+_LESION_OFFSET_HU = {"arterial": (20.0, 1.0), "portal_venous": (-10.0, -1.0), "delayed": (-15.0, -0.5)}
+"""Per phase: the lesion's mean offset from the liver, and how it moves with the image latent."""
+
+
+def _phase_volumes(
+    rng: np.random.Generator,
+    slices: int,
+    size: int,
+    latent: float,
+    enhancement_hu: float,
+    nuisance_hu: float,
+) -> dict[str, np.ndarray]:
+    """One liver with one lesion in three phases; the latent sets wash-in and wash-out.
+
+    The lesion sits ``offset + slope * enhancement_hu * latent + nuisance`` from the
+    liver: above it in the arterial phase (wash-in), below it in the portal venous
+    and delayed phases (wash-out). The nuisance (the lesion's own density, same in
+    every phase) and the lesion's size carry no label information.
+    """
+    z, y, x = np.meshgrid(
+        np.linspace(-1, 1, slices),
+        np.linspace(-1, 1, size),
+        np.linspace(-1, 1, size),
+        indexing="ij",
+    )
+    body = (x / 0.9) ** 2 + (y / 0.7) ** 2 <= 1.0
+    liver = ((x + 0.25) / 0.5) ** 2 + ((y + 0.05) / 0.42) ** 2 <= 1.0
+    radius = max(0.22 + 0.05 * rng.normal(), 0.08)
+    cy, cx = rng.uniform(-0.12, 0.05), rng.uniform(-0.4, -0.15)
+    lesion = ((x - cx) ** 2 + (y - cy) ** 2) / radius**2 + (z / 0.8) ** 2 <= 1.0
+    density = nuisance_hu * rng.normal()
+    volumes = {}
+    for phase in THREE_PHASES:
+        offset, slope = _LESION_OFFSET_HU[phase]
+        volume = np.full((slices, size, size), -1000.0, dtype=np.float32)
+        volume[body] = 40.0
+        volume[liver] = PHASE_LIVER_HU[phase]
+        volume[lesion] = PHASE_LIVER_HU[phase] + offset + slope * enhancement_hu * latent + density
+        volume += rng.normal(0.0, 10.0, size=volume.shape).astype(np.float32)
+        volumes[phase] = volume
+    return volumes
+
+
+def make_phase_cohort(
+    n: int,
+    *,
+    seed: int = 0,
+    slices: int = 8,
+    size: int = 64,
+    image_weight: float = 1.0,
+    clinical_weight: float = 0.5,
+    noise: float = 0.3,
+    enhancement_hu: float = 20.0,
+    nuisance_hu: float = 40.0,
+    slice_thickness_mm: float = 5.0,
+    missing_rate: float = 0.05,
+    distractors: bool = True,
+    schema: FeatureSchema | None = None,
+) -> list[SyntheticCase]:
+    """``n`` three-phase cases; disease control is ``image_weight * a + clinical_weight * b + noise > 0``.
+
+    ``a`` moves the lesion by ``enhancement_hu`` per unit: up in the arterial
+    phase, down in the portal venous one. The lesion's density varies by
+    ``nuisance_hu`` in all phases alike, so the arterial minus portal venous
+    contrast reveals ``a`` while the portal venous phase alone mostly shows the
+    nuisance. Labs follow ``b`` as in ``make_cohort``.
+    """
+    schema = schema or FeatureSchema.load()
+    rng = np.random.default_rng(seed)
+    cases = []
+    for index in range(n):
+        a, b = rng.normal(), rng.normal()
+        label = int(image_weight * a + clinical_weight * b + noise * rng.normal() > 0)
+        cases.append(
+            SyntheticCase(
+                case_id=f"PHS{seed:03d}-{index:04d}",
+                label=label,
+                volume_hu=None,
+                clinical=_clinical(rng, schema, b, missing_rate, distractors),
+                image_latent=float(a),
+                clinical_latent=float(b),
+                phase_volumes=_phase_volumes(rng, slices, size, a, enhancement_hu, nuisance_hu),
+                slice_thickness_mm=slice_thickness_mm,
+            )
+        )
+    return cases
 
 
 def _planted(rng: np.random.Generator, latent: float) -> dict[str, object]:
@@ -240,35 +346,55 @@ def write_cohort(
     """A manifest CSV as `tace train` reads it (and ``.npy`` volumes when the cases have them).
 
     ``columns``: the feature columns to write (default: every schema feature).
-    The ``synthetic`` column marks every row, so training on it yields a demo model.
+    Multi-phase cases get one ``volume_<phase>`` column per phase and their slice
+    thickness. The ``synthetic`` column marks every row, so training on it yields a
+    demo model.
     """
     schema = schema or FeatureSchema.load()
     names = list(columns) if columns is not None else schema.names
+    phases = list(cases[0].phase_volumes) if cases and cases[0].phase_volumes else []
     with_volumes = any(case.volume_hu is not None for case in cases)
+    if phases and with_volumes:
+        raise ValueError("a cohort is either single-volume or multi-phase, not both")
+    volume_columns = [PHASE_COLUMN_PREFIX + p for p in phases] or (["volume"] if with_volumes else [])
+    thickness = [THICKNESS_COLUMN] if phases else []
     volumes = directory / "volumes"
-    if with_volumes:
+    if volume_columns:
         volumes.mkdir(parents=True, exist_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
     manifest = directory / "manifest.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["case_id", "label", *(["volume"] if with_volumes else []), SYNTHETIC_COLUMN, *names])
+        writer.writerow(["case_id", "label", *volume_columns, *thickness, SYNTHETIC_COLUMN, *names])
         for case in cases:
-            volume = []
-            if with_volumes:
-                if case.volume_hu is None:
-                    raise ValueError(f"{case.case_id}: every case needs a volume when any has one")
-                path = volumes / f"{case.case_id}.npy"
-                np.save(path, case.volume_hu)
-                volume = [f"volumes/{path.name}"]
+            written = _write_volumes(case, volumes, phases) if volume_columns else []
             row = [case.clinical.get(name) for name in names]
             writer.writerow(
                 [
                     case.case_id,
                     CLASS_NAMES[case.label],
-                    *volume,
+                    *written,
+                    *([case.slice_thickness_mm] if thickness else []),
                     "yes",
                     *["" if v is None else v for v in row],
                 ]
             )
     return manifest
+
+
+def _write_volumes(case: SyntheticCase, volumes: Path, phases: list[str]) -> list[str]:
+    """The case's ``.npy`` files, as manifest cells relative to the manifest."""
+    if phases:
+        if list(case.phase_volumes) != phases:
+            raise ValueError(f"{case.case_id}: every case needs the phases {', '.join(phases)}")
+        cells = []
+        for phase in phases:
+            path = volumes / f"{case.case_id}_{phase}.npy"
+            np.save(path, case.phase_volumes[phase])
+            cells.append(f"volumes/{path.name}")
+        return cells
+    if case.volume_hu is None:
+        raise ValueError(f"{case.case_id}: every case needs a volume when any has one")
+    path = volumes / f"{case.case_id}.npy"
+    np.save(path, case.volume_hu)
+    return [f"volumes/{path.name}"]

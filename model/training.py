@@ -41,7 +41,8 @@ from torch import Tensor
 from model.baseline import LogisticBaseline
 from model.calibration import CalibrationMethod, Calibrator, fit_calibrator
 from model.config import CLDCAConfig, PreprocessConfig, Variant
-from model.data import ManifestCase, VolumeLoader
+from model.contract import LEGACY_PHASES
+from model.data import ManifestCase, VolumeLoader, load_case_volume
 from model.metrics import Metrics, choose_threshold, classification_metrics
 from model.network import CLDCA
 from model.preprocess import preprocess_volume
@@ -134,6 +135,8 @@ class Sample:
     slices: Tensor | None = None
     pooled: np.ndarray | None = None
     """Mean backbone feature over the slices, for the logistic baseline."""
+    slice_count: int = 0
+    """Slices of the volume as loaded, before any subsampling (the contract's minimum)."""
 
     @property
     def length(self) -> int:
@@ -169,10 +172,12 @@ def prepare_samples(
     progress: Progress = no_progress,
     cache_dir: Path | None = None,
     uses_image: bool = True,
+    phases: tuple[str, ...] = LEGACY_PHASES,
 ) -> list[Sample]:
     """Load every volume once and compute its slice features (for the baseline even when trained).
 
-    With ``uses_image`` False nothing is loaded and no backbone is built.
+    With ``uses_image`` False nothing is loaded and no backbone is built. A case of a
+    multi-phase model loads one volume per phase, stacked as the channels.
     """
     backbone: ResNet50 | None = None
     key_base = ""
@@ -181,22 +186,24 @@ def prepare_samples(
         backbone = ResNet50()
         backbone.load_state_dict(backbone_state)
         backbone.eval().to(device)
-        key_base = json.dumps(preprocess.to_dict(), sort_keys=True) + _state_digest(backbone_state)
+        key_base = json.dumps(
+            {**preprocess.to_dict(), "phases": list(phases)}, sort_keys=True
+        ) + _state_digest(backbone_state)
     samples = []
     for done, case in enumerate(cases):
         sample = Sample(case.case_id, case.label, case.clinical)
         if backbone is not None:
-            if case.volume is None:
-                raise ValueError(f"case {case.case_id}: an image model needs a volume")
-            features = _cached_features(
-                case.volume, loader, preprocess, backbone, device, cache_dir, key_base
+            features, sample.slice_count = _cached_features(
+                case, loader, preprocess, phases, backbone, device, cache_dir, key_base
             )
             sample.pooled = features.mean(0).numpy()
             if frozen_backbone:
                 sample.features = features
             else:
-                volume = torch.from_numpy(loader(case.volume))
-                sample.slices = preprocess_volume(volume, preprocess)[:, 0].to(torch.float16)
+                volume = torch.from_numpy(load_case_volume(case, loader))
+                slices = preprocess_volume(volume, preprocess, phases)
+                # A single phase fills all three channels alike: keep one, expand per batch.
+                sample.slices = (slices if len(phases) > 1 else slices[:, :1]).to(torch.float16)
         samples.append(sample)
         if backbone is not None:
             progress("backbone features", done + 1, len(cases))
@@ -204,30 +211,32 @@ def prepare_samples(
 
 
 def _cached_features(
-    volume_path: Path,
+    case: ManifestCase,
     loader: VolumeLoader,
     preprocess: PreprocessConfig,
+    phases: tuple[str, ...],
     backbone: ResNet50,
     device: torch.device,
     cache_dir: Path | None,
     key_base: str,
-) -> Tensor:
+) -> tuple[Tensor, int]:
+    """(per-slice features, slices loaded), from the cache when the volumes are unchanged."""
     cache_file = None
     if cache_dir is not None:
-        stat = volume_path.stat()
-        key = hashlib.sha256(
-            f"{volume_path}|{stat.st_size}|{stat.st_mtime_ns}|{key_base}".encode()
-        ).hexdigest()
+        identity = "|".join(f"{p}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in case.volume_paths)
+        key = hashlib.sha256(f"{identity}|{key_base}".encode()).hexdigest()
         cache_file = cache_dir / f"{key[:32]}.pt"
         if cache_file.exists():
-            return torch.load(cache_file, weights_only=True)
-    slices = preprocess_volume(torch.from_numpy(loader(volume_path)).to(device), preprocess)
+            cached = torch.load(cache_file, weights_only=True)
+            return cached["features"], int(cached["slices"])
+    volume = load_case_volume(case, loader)
+    slices = preprocess_volume(torch.from_numpy(volume).to(device), preprocess, phases)
     with torch.inference_mode():
         features = torch.cat([backbone(slices[i : i + 64]) for i in range(0, len(slices), 64)]).float().cpu()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(features, cache_file)
-    return features
+        torch.save({"features": features, "slices": volume.shape[0]}, cache_file)
+    return features, int(volume.shape[0])
 
 
 def _clinical_matrix(
@@ -261,7 +270,7 @@ def _logits(model: CLDCA, batch: Sequence[Sample], clinical: Tensor, device: tor
             model.forward_features(features.to(device), lengths.to(device), clinical_input)
         )
     slices, lengths = _padded(batch, "slices")
-    slices = slices.to(device).float().unsqueeze(2).expand(-1, -1, 3, -1, -1)
+    slices = slices.to(device).float().expand(-1, -1, 3, -1, -1)
     return model(slices, lengths.to(device), clinical_input)
 
 

@@ -16,13 +16,14 @@ import torch
 from model.calibration import CalibrationMethod
 from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from model.config import CLDCAConfig, PreprocessConfig, Variant
+from model.contract import LEGACY_PHASES, InputContract
 from model.data import Manifest, UnitConverter, VolumeLoader, load_cached_volume, read_manifest
 from model.device import resolve_device
 from model.drift import training_distribution
 from model.metrics import bootstrap_auc, classification_metrics
 from model.report import write_ablation_table, write_cv_report, write_evaluation_report
 from model.schema import FeatureSchema
-from model.synthetic import make_cohort, write_cohort
+from model.synthetic import make_cohort, make_phase_cohort, write_cohort
 from model.training import (
     CrossValidation,
     FittedModel,
@@ -73,6 +74,22 @@ def _samples(
         progress=progress,
         cache_dir=cache_dir,
         uses_image=uses_image,
+        phases=config.phases,
+    )
+
+
+def training_contract(data: Manifest, samples: list[Sample], uses_image: bool) -> InputContract:
+    """The input contract a training cohort supports: its phases, thickness range and fewest slices.
+
+    Thickness comes from the manifest's ``slice_thickness_mm`` column; without it
+    any thickness is accepted, and a model reading no image needs one slice.
+    """
+    known = [c.slice_thickness_mm for c in data.cases if c.slice_thickness_mm is not None]
+    counts = [s.slice_count for s in samples if s.slice_count > 0]
+    return InputContract(
+        phases=data.phases,
+        slice_thickness_mm=(min(known), max(known)) if known else (0.0, float("inf")),
+        min_slices=min(counts) if uses_image and counts else 1,
     )
 
 
@@ -118,13 +135,16 @@ def train_from_manifest(
     positive_label: str | None = None,
     demo: bool = False,
     threads: int | None = None,
+    phases: tuple[str, ...] | None = None,
 ) -> TrainOutcome:
     """Cross-validate (every ablation too, if asked) against the baseline, then fit on all cases.
 
     A manifest marked synthetic always yields a ``demo: true`` checkpoint; ``demo``
     flags other toy data. Clinical-only training reads no volume and builds no backbone.
     Training on cached features or clinical values runs on one thread unless
-    ``threads`` says otherwise.
+    ``threads`` says otherwise. ``phases`` are the input channels (None: from the
+    manifest's volume columns); the checkpoint's input contract records them with
+    the cohort's thickness range and fewest slices.
     """
     torch.set_flush_denormal(True)
     schema = schema or FeatureSchema.load()
@@ -153,6 +173,7 @@ def train_from_manifest(
         positive_label,
         demo,
         threads,
+        phases,
     )
 
 
@@ -175,17 +196,25 @@ def _train(
     positive_label: str | None,
     demo: bool,
     threads: int | None,
+    phases: tuple[str, ...] | None,
 ) -> TrainOutcome:
     ablations = len(variants) > 1
     data = read_manifest(
-        manifest, schema, needs_volume=uses_image, units=units, positive_label=positive_label
+        manifest,
+        schema,
+        needs_volume=uses_image,
+        units=units,
+        positive_label=positive_label,
+        phases=phases,
     )
+    config = dataclasses.replace(config, phases=data.phases)
     demo = demo or data.synthetic
     target = resolve_device(device)
     backbone_state = initial_backbone_state(settings.seed, backbone_weights) if uses_image else None
     samples = _samples(
         data, loader, preprocess, config, backbone_state, target, progress, cache_dir, uses_image
     )
+    contract = training_contract(data, samples, uses_image)
     results, summaries = [], []
     context: dict[str, Any] = {
         "data": data.provenance(),
@@ -198,6 +227,7 @@ def _train(
             "max_slices": preprocess.max_slices,
             "backbone_weights": str(backbone_weights) if backbone_weights else "random init",
         },
+        "input_contract": contract.to_dict(),
     }
     calibration = settings.calibration.value if settings.calibration else None
     for variant in variants:
@@ -262,6 +292,7 @@ def _train(
             "threshold_rule": settings.threshold_rule,
         },
         warnings=warnings,
+        input_contract=contract,
     )
     checkpoint = out / "model.safetensors"
     sha = save_checkpoint(checkpoint, fitted.model, meta)
@@ -285,7 +316,12 @@ def evaluate_checkpoint(
     meta = loaded.meta
     uses_image = meta.config.variant.uses_image
     data = read_manifest(
-        manifest, meta.schema, needs_volume=uses_image, units=units, positive_label=positive_label
+        manifest,
+        meta.schema,
+        needs_volume=uses_image,
+        units=units,
+        positive_label=positive_label,
+        phases=meta.config.phases,
     )
     backbone = loaded.model.backbone
     state = {k: v.cpu() for k, v in backbone.state_dict().items()} if backbone is not None else None
@@ -298,6 +334,7 @@ def evaluate_checkpoint(
         device=target,
         progress=progress,
         uses_image=uses_image,
+        phases=meta.config.phases,
     )
     y_score = score(loaded.model, samples, meta.schema, meta.normalization, target)
     if meta.calibrator is not None:
@@ -340,6 +377,8 @@ class DemoRecipe:
     min_epochs: int = 20
     calibration: CalibrationMethod | None = CalibrationMethod.platt
     """Class-weighted training leaves probabilities off the event rate; the SR shows them."""
+    phases: tuple[str, ...] = LEGACY_PHASES
+    """Input channels: several phases train on ``make_phase_cohort`` (signal in the enhancement)."""
 
 
 def make_demo_checkpoint(
@@ -353,7 +392,7 @@ def make_demo_checkpoint(
     """Train on a synthetic cohort, evaluate on a held-out quarter, save a ``demo: true`` checkpoint."""
     torch.set_flush_denormal(True)
     schema = FeatureSchema.load()
-    config = CLDCAConfig(clinical_inputs=len(schema.columns), freeze_backbone=True)
+    config = CLDCAConfig(clinical_inputs=len(schema.columns), freeze_backbone=True, phases=recipe.phases)
     preprocess = PreprocessConfig(image_size=recipe.image_size, max_slices=recipe.max_slices)
     settings = TrainSettings(
         epochs=recipe.epochs,
@@ -363,16 +402,16 @@ def make_demo_checkpoint(
         min_epochs=min(recipe.min_epochs, recipe.epochs),
         calibration=recipe.calibration,
     )
-    cohort = make_cohort(
-        recipe.cases, seed=recipe.seed, slices=recipe.slices, size=recipe.size, schema=schema
-    )
+    make = make_cohort if recipe.phases == LEGACY_PHASES else make_phase_cohort
+    cohort = make(recipe.cases, seed=recipe.seed, slices=recipe.slices, size=recipe.size, schema=schema)
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        data = read_manifest(write_cohort(cohort, Path(tmp), schema), schema)
+        data = read_manifest(write_cohort(cohort, Path(tmp), schema), schema, phases=recipe.phases)
         backbone_state = initial_backbone_state(recipe.seed, backbone_weights)
         samples = _samples(
             data, load_cached_volume, preprocess, config, backbone_state, device, progress, None, True
         )
+    contract = training_contract(data, samples, True)
     held_out = set(stratified_folds([s.label for s in samples], settings.folds, recipe.seed)[0].tolist())
     train = [s for i, s in enumerate(samples) if i not in held_out]
     test = [s for i, s in enumerate(samples) if i in held_out]
@@ -415,6 +454,7 @@ def make_demo_checkpoint(
         ),
         validation={"method": "held-out", "auc": auc.as_dict(), "cases": len(test)},
         warnings=degenerate_warnings("the demo model", [metrics], auc),
+        input_contract=contract,
     )
     save_checkpoint(out, fitted.model, meta)
     return out, meta

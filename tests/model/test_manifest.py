@@ -125,3 +125,53 @@ def test_cohort_writer_marks_its_manifest_synthetic(tmp_path: Path, schema: Feat
         ManifestError, match="line 3, column volume, value 'volumes/absent.npy': does not exist"
     ):
         read_manifest(manifest, schema)
+
+
+def test_phase_columns_give_the_channels_and_the_thickness(tmp_path: Path, schema: FeatureSchema) -> None:
+    from model.data import load_cached_volume, load_case_volume
+    from model.synthetic import make_phase_cohort
+
+    manifest = write_cohort(make_phase_cohort(4, seed=0, slices=3, size=8), tmp_path)
+    data = read_manifest(manifest, schema)
+    assert data.phases == ("arterial", "portal_venous", "delayed")
+    assert data.volume_columns == ("volume_arterial", "volume_portal_venous", "volume_delayed")
+    case = data.cases[0]
+    assert [p.name for p in case.volume_paths] == [
+        f"{case.case_id}_{phase}.npy" for phase in ("arterial", "portal_venous", "delayed")
+    ]
+    assert case.slice_thickness_mm == 5.0
+    stacked = load_case_volume(case, load_cached_volume)
+    assert stacked.shape == (3, 3, 8, 8)
+    np.testing.assert_array_equal(stacked[:, 1], np.load(case.volume_paths[1]))
+    portal = read_manifest(manifest, schema, phases=("portal_venous",))
+    assert portal.volume_columns == ("volume_portal_venous",)
+    assert load_case_volume(portal.cases[0], load_cached_volume).shape == (3, 8, 8)
+    assert portal.provenance()["phases"] == ["portal_venous"]
+
+
+def test_phase_problems_are_named(tmp_path: Path, schema: FeatureSchema) -> None:
+    from model.data import load_cached_volume, load_case_volume
+
+    np.save(tmp_path / "a.npy", np.zeros((3, 8, 8), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((4, 8, 8), np.float32))
+    path = _write(
+        tmp_path,
+        "case_id,label,volume_arterial,volume_portal_venous,volume_delayed,slice_thickness_mm\n"
+        "x,CR,a.npy,b.npy,a.npy,5\n"
+        "y,PD,a.npy,a.npy,a.npy,thin\n",
+    )
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(path, schema)
+    assert caught.value.problems == ["line 3, column slice_thickness_mm, value 'thin': not a number"]
+    with pytest.raises(ManifestError, match=r"line 1: --phases: one phase .* got 2"):
+        read_manifest(path, schema, phases=("arterial", "delayed"))
+    with pytest.raises(
+        ManifestError, match=r"missing column\(s\) volume_non_contrast \(the model reads phases"
+    ):
+        read_manifest(path, schema, phases=("non_contrast", "arterial", "delayed"))
+    path.write_text(path.read_text().replace(",thin", ",1"))
+    case = read_manifest(path, schema).cases[0]
+    with pytest.raises(
+        ValueError, match=r"case x: its phases have shapes \(3, 8, 8\), \(4, 8, 8\), \(3, 8, 8\)"
+    ):
+        load_case_volume(case, load_cached_volume)

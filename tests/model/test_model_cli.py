@@ -331,3 +331,60 @@ def test_bench_model_prints_the_ratio_to_a_bare_resnet(data_dir: Path) -> None:
     bare, cldca, ratio = (float(fields[i].replace(",", "")) for i in (2, 3, 5))
     assert bare > 0 and cldca > 0
     assert ratio == pytest.approx(cldca / bare, rel=0.02, abs=0.006)
+
+
+def test_three_phase_training_records_the_input_contract_and_the_planted_signal(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    cohort = tmp_path / "cohort"
+    made = tace(
+        "model", "cohort", str(cohort), "--shape", "phases", "--cases", "16", "--slices", "4",
+        "--size", "32", data_dir=data_dir,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "planted signal" in made.stdout
+    quick = ("--folds", "2", "--epochs", "2", "--min-epochs", "1", "--inner-folds", "2", "--image-size", "32")
+    runs = {}
+    for phases in ("arterial,portal_venous,delayed", "portal_venous"):
+        run = tmp_path / phases.replace(",", "-")
+        trained = tace(
+            "train", str(cohort / "manifest.csv"), "--out", str(run), "--phases", phases, *quick,
+            "--threads", "1", data_dir=data_dir,
+        )  # fmt: skip
+        assert trained.returncode == 0, trained.stderr
+        assert "PLANTED SIGNAL" in (run / "report.md").read_text()
+        runs[phases] = run
+    three = runs["arterial,portal_venous,delayed"] / "model.safetensors"
+    info = json.loads(tace("model", "info", str(three), "--json", data_dir=data_dir).stdout)
+    assert info["input_contract"] == {
+        "phases": ["arterial", "portal_venous", "delayed"],
+        "slice_thickness_mm": [5.0, 5.0],
+        "min_slices": 4,
+        "description": "arterial + portal_venous + delayed (one per channel); thickness 5-5 mm; "
+        "at least 4 slices",
+    }
+    assert info["config"]["phases"] == ["arterial", "portal_venous", "delayed"]
+    text = tace("model", "info", str(three), data_dir=data_dir).stdout
+    assert "  phases    arterial, portal_venous, delayed (one per channel, in this order)" in text
+    assert "  thickness 5-5 mm" in text and "  slices    at least 4" in text
+    portal = runs["portal_venous"] / "model.safetensors"
+    single = json.loads(tace("model", "info", str(portal), "--json", data_dir=data_dir).stdout)
+    assert single["input_contract"]["phases"] == ["portal_venous"]
+    evaluated = tace(
+        "evaluate",
+        str(three),
+        str(cohort / "manifest.csv"),
+        "--out",
+        str(tmp_path / "eval"),
+        data_dir=data_dir,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    refused = tace(
+        "train", str(cohort / "manifest.csv"), "--out", str(tmp_path / "bad"), "--phases",
+        "arterial,portal_venous", *quick, data_dir=data_dir,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(
+        "line 1: --phases: one phase (repeated to 3 channels) or 3 "
+        "phases (one per channel), got 2: ('arterial', 'portal_venous')"
+    )

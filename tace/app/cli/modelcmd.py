@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from model.data import UnitConverter
     from model.schema import FeatureSchema
 
-Manifest = Annotated[Path, typer.Argument(help="CSV: case_id, label, volume, then one column per feature.")]
+Manifest = Annotated[
+    Path,
+    typer.Argument(
+        help="CSV: case_id, label, volume (or volume_arterial, volume_portal_venous, volume_delayed), "
+        "then one column per feature."
+    ),
+]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for the report, plots and checkpoint.")]
 Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda (default TACE_DEVICE).")]
 
@@ -135,6 +141,14 @@ def train(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default: 1 for clinical-only, else torch's choice).")
     ] = None,
+    phases: Annotated[
+        str | None,
+        typer.Option(
+            help="Input channels: one phase (repeated) or three, comma-separated in channel order, "
+            "e.g. arterial,portal_venous,delayed; read from the volume_<phase> columns. Default: "
+            "the manifest's columns (a `volume` column: any one series)."
+        ),
+    ] = None,
     device: Device = None,
 ) -> None:
     """Train CLDCA in repeated stratified CV against a logistic baseline, then fit it on all cases.
@@ -193,6 +207,7 @@ def train(
                 positive_label=positive_label,
                 demo=demo,
                 threads=threads,
+                phases=tuple(p.strip() for p in phases.split(",")) if phases is not None else None,
             )
     except _model_errors() as exc:
         fail(str(exc))
@@ -298,8 +313,10 @@ def model_cohort(
     shape: Annotated[
         str,
         typer.Option(
-            help="planted: CT volumes and labs with a planted signal, balanced; clinical-table: "
-            "no images, few progressions, a dozen weakly informative columns, some missing."
+            help="planted: CT volumes and labs with a planted signal, balanced; phases: three contrast "
+            "phases per case (volume_arterial, volume_portal_venous, volume_delayed) with the image "
+            "signal planted in the enhancement pattern; clinical-table: no images, few progressions, "
+            "a dozen weakly informative columns, some missing."
         ),
     ] = "planted",
     cases: Annotated[int, typer.Option()] = 160,
@@ -310,11 +327,20 @@ def model_cohort(
     distractors: Annotated[bool, typer.Option(help="Random values for the unplanted features.")] = True,
 ) -> None:
     """Write a synthetic cohort to try `tace train` on; its manifest is marked synthetic (demo models)."""
-    from model.synthetic import CLINICAL_TABLE_COLUMNS, make_clinical_table, make_cohort, write_cohort
+    from model.synthetic import (
+        CLINICAL_TABLE_COLUMNS,
+        make_clinical_table,
+        make_cohort,
+        make_phase_cohort,
+        write_cohort,
+    )
 
     runtime_of(ctx).configure()
     if shape == "planted":
         cohort = make_cohort(cases, seed=seed, slices=slices, size=size, distractors=distractors)
+        manifest = write_cohort(cohort, out)
+    elif shape == "phases":
+        cohort = make_phase_cohort(cases, seed=seed, slices=slices, size=size, distractors=distractors)
         manifest = write_cohort(cohort, out)
     elif shape == "clinical-table":
         try:
@@ -323,11 +349,16 @@ def model_cohort(
             fail(str(exc))
         manifest = write_cohort(cohort, out, columns=CLINICAL_TABLE_COLUMNS)
     else:
-        fail(f"--shape {shape!r} is not planted or clinical-table")
+        fail(f"--shape {shape!r} is not planted, phases or clinical-table")
     controls = sum(c.label for c in cohort)
     typer.echo(
         f"{manifest}: {cases} synthetic cases ({controls} disease control, {cases - controls} progressive)"
     )
+    if shape == "phases":
+        typer.echo(
+            "planted signal: the label lies in the lesion's enhancement pattern (arterial wash-in, "
+            "portal venous wash-out); train with --phases arterial,portal_venous,delayed or one phase"
+        )
 
 
 def checkpoint_info(path: Path) -> dict[str, Any]:
@@ -345,6 +376,10 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
         "variant": meta.config.variant.value,
         "config": meta.config.to_dict(),
         "preprocess": meta.preprocess.to_dict(),
+        "input_contract": {
+            **meta.input_contract.to_dict(),
+            "description": meta.input_contract.describe(),
+        },
         "schema": {
             "name": meta.schema.name,
             "version": meta.schema.version,
@@ -374,6 +409,24 @@ def active_checkpoint(settings: Settings) -> Path:
         f"no active checkpoint: TACE_MODEL_CHECKPOINT is not set and the demo model {path} "
         f"(in the data dir, TACE_DATA_DIR) does not exist yet; `tace up` makes it"
     )
+
+
+def _contract_lines(contract: dict[str, Any]) -> list[str]:
+    """The input contract as `tace model info` prints it: what a study must hold."""
+    phases = contract["phases"]
+    if phases == ["any"]:
+        named = "any one eligible series (single-phase, repeated to 3 channels)"
+    elif len(phases) == 1:
+        named = f"{phases[0]} (single-phase, repeated to 3 channels)"
+    else:
+        named = f"{', '.join(phases)} (one per channel, in this order)"
+    low, high = contract["slice_thickness_mm"]
+    thickness = f"{low:g}-{high:g} mm" if high is not None else ("any" if low == 0 else f">= {low:g} mm")
+    return [
+        f"  phases    {named}",
+        f"  thickness {thickness}",
+        f"  slices    at least {contract['min_slices']}",
+    ]
 
 
 @model_app.command("info")
@@ -408,6 +461,8 @@ def model_info(
         f"  input     window {pre['window_center']}/{pre['window_width']} HU, {pre['image_size']} px, "
         f"max slices {pre['max_slices'] or 'all'}"
     )
+    for line in _contract_lines(info["input_contract"]):
+        typer.echo(line)
     rule = info["validation"].get("threshold_rule")
     typer.echo(
         f"  decision  disease control when P >= {info['threshold']:.3f}"
