@@ -104,6 +104,7 @@ def phantom_hu(
     seed: int = 0,
     tumour_hu: float = 120.0,
     tumour_radius_fraction: float = 0.08,
+    liver_hu: float = 60.0,
 ) -> np.ndarray:
     """An abdomen-like HU volume: air, body, liver, an enhancing tumour and a spine."""
     rng = np.random.default_rng(seed)
@@ -119,7 +120,7 @@ def phantom_hu(
     muscle = body & ((x / 0.78) ** 2 + (y / 0.58) ** 2 <= 1.0)
     volume[muscle] = 45.0
     liver = ((x + 0.3) / 0.38) ** 2 + ((y + 0.05) / 0.3) ** 2 + (z / 1.2) ** 2 <= 1.0
-    volume[liver] = 60.0
+    volume[liver] = liver_hu
     centre = (0.0, -0.05, -0.3)
     tumour = ((z - centre[0]) / 0.6) ** 2 + ((y - centre[1]) ** 2 + (x - centre[2]) ** 2) / (
         tumour_radius_fraction**2
@@ -288,3 +289,75 @@ def write_series(spec: SeriesSpec, directory: Path, volume_hu: np.ndarray | None
 def variants(base: SeriesSpec, **changes: Sequence[Any]) -> list[SeriesSpec]:
     """The base spec with each listed field set to each listed value, one change at a time."""
     return [replace(base, **{name: value}) for name, values in changes.items() for value in values]
+
+
+@dataclass(frozen=True)
+class ContrastPhase:
+    """How one contrast phase of a multiphase liver CT is labelled and how it enhances."""
+
+    name: str
+    """The phase as the model's input contract names it (``model.contract.PHASES``)."""
+    agent_phase: str
+    """Contrast/Bolus Agent Phase (0018,9344), a DICOM defined term."""
+    description: str
+    seconds_after_injection: int
+    liver_hu: float
+    tumour_hu: float
+
+
+CONTRAST_PHASES = {
+    phase.name: phase
+    for phase in (
+        ContrastPhase("arterial", "ARTERIAL", "ABD ARTERIAL 5mm", 35, 75.0, 135.0),
+        ContrastPhase("portal_venous", "PORTAL_VENOUS", "ABD PORTAL VENOUS 5mm", 70, 115.0, 90.0),
+        ContrastPhase("delayed", "DELAYED", "ABD DELAYED 5mm", 180, 95.0, 70.0),
+    )
+}
+"""A hypervascular liver tumour: arterial wash-in, portal venous and delayed wash-out."""
+
+
+def write_phase_study(
+    base: SeriesSpec,
+    directory: Path,
+    phases: Sequence[str] = ("arterial", "portal_venous", "delayed"),
+) -> dict[str, list[Path]]:
+    """One study holding one series per contrast phase, as a multiphase liver CT sends them.
+
+    The series share the study, frame of reference and slice positions of
+    ``base`` and differ in Series Instance UID and number, description,
+    Contrast/Bolus Agent Phase (0018,9344), acquisition time after the
+    Contrast/Bolus Start Time (0018,1042), and enhancement. Files are named by
+    SOP Instance UID, so every phase can go into one folder.
+    """
+    study_uid, _ = base.uids()
+    start = base.study_datetime
+    written = {}
+    for index, name in enumerate(phases):
+        phase = CONTRAST_PHASES[name]
+        acquired = start + dt.timedelta(seconds=phase.seconds_after_injection)
+        spec = replace(
+            base,
+            study_instance_uid=study_uid,
+            series_instance_uid=generate_uid(entropy_srcs=[study_uid, "phase", name, str(base.seed)]),
+            series_number=base.series_number + index,
+            series_description=phase.description,
+            seed=base.seed + index,
+            extra={
+                **base.extra,
+                "ContrastBolusAgent": "IOPAMIDOL",
+                "ContrastBolusStartTime": start.strftime("%H%M%S"),
+                "ContrastBolusAgentPhase": phase.agent_phase,
+                "AcquisitionTime": acquired.strftime("%H%M%S"),
+                "SeriesTime": acquired.strftime("%H%M%S"),
+            },
+        )
+        volume = phantom_hu(
+            spec.slices,
+            spec.rows,
+            spec.columns,
+            seed=spec.seed,
+            tumour_hu=phase.tumour_hu,
+            liver_hu=phase.liver_hu,
+        )
+        written[name] = write_series(spec, directory, volume)
+    return written

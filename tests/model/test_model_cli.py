@@ -228,8 +228,12 @@ def test_model_info_of_a_demo_checkpoint(demo_checkpoint: Path, data_dir: Path) 
         "total",
     }
     assert 0.0 <= info["metrics"]["held_out"]["auc"] <= 1.0
+    contract = info["input_contract"]
+    assert contract["phases"] == info["config"]["phases"]
+    assert contract["min_slices"] == 6 and contract["slice_thickness_mm"][1] is None
     text = tace("model", "info", str(demo_checkpoint), data_dir=data_dir).stdout
     assert "[DEMO - synthetic training data]" in text
+    assert "  phases    " in text and "  slices    at least 6" in text
 
 
 def test_model_info_without_argument_shows_the_active_checkpoint(

@@ -82,3 +82,32 @@ def test_default_is_512_square() -> None:
     (ds,) = make_series(SeriesSpec(slices=1))
     assert (ds.Rows, ds.Columns) == (512, 512)
     assert ds.pixel_array.shape == (512, 512)
+
+
+def test_phase_study_has_one_tagged_series_per_phase_on_one_grid(tmp_path: Path) -> None:
+    from tace.app.synthetic_ct import write_phase_study
+
+    written = write_phase_study(SeriesSpec(slices=3, rows=64, columns=64, slice_spacing=5.0), tmp_path)
+    assert list(written) == ["arterial", "portal_venous", "delayed"]
+    assert len(list(tmp_path.glob("*.dcm"))) == 9
+    first = {name: pydicom.dcmread(paths[0]) for name, paths in written.items()}
+    assert {ds.StudyInstanceUID for ds in first.values()} == {first["arterial"].StudyInstanceUID}
+    assert len({ds.SeriesInstanceUID for ds in first.values()}) == 3
+    assert len({ds.FrameOfReferenceUID for ds in first.values()}) == 1
+    assert [ds.ContrastBolusAgentPhase for ds in first.values()] == ["ARTERIAL", "PORTAL_VENOUS", "DELAYED"]
+    assert [ds.AcquisitionTime for ds in first.values()] == ["093035", "093110", "093300"]
+    assert {ds.ContrastBolusStartTime for ds in first.values()} == {"093000"}
+    assert [ds.SeriesDescription for ds in first.values()] == [
+        "ABD ARTERIAL 5mm",
+        "ABD PORTAL VENOUS 5mm",
+        "ABD DELAYED 5mm",
+    ]
+    positions = {
+        name: [pydicom.dcmread(p).ImagePositionPatient for p in paths] for name, paths in written.items()
+    }
+    assert positions["arterial"] == positions["portal_venous"] == positions["delayed"]
+    liver = {  # a patch of liver beside the tumour, on the slice through the liver's middle
+        name: max(float(_hu(pydicom.dcmread(p))[28:36, 12:16].mean()) for p in paths)
+        for name, paths in written.items()
+    }
+    assert liver["arterial"] + 10 < liver["delayed"] < liver["portal_venous"] - 10, liver
