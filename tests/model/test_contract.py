@@ -166,3 +166,30 @@ def test_predictor_reads_a_three_phase_volume_and_refuses_one_phase(tmp_path: Pa
     assert swapped.probability != result.probability
     with pytest.raises(ValueError, match=r"shape \(4, 16, 16\); this model reads 3 phases"):
         predictor.predict(volume[:, 0], {})
+
+
+def test_end_to_end_training_samples_keep_one_channel_per_phase(tmp_path: Path) -> None:
+    from model.data import load_cached_volume, read_manifest
+    from model.synthetic import make_phase_cohort, write_cohort
+    from model.training import initial_backbone_state, prepare_samples, score
+
+    schema = FeatureSchema.load()
+    manifest = write_cohort(make_phase_cohort(2, seed=0, slices=3, size=16), tmp_path, schema)
+    state = initial_backbone_state(0)
+    for phases, channels in ((THREE_PHASES, 3), (("arterial",), 1)):
+        cases = read_manifest(manifest, schema, phases=phases).cases
+        samples = prepare_samples(
+            cases,
+            load_cached_volume,
+            PreprocessConfig(image_size=16),
+            frozen_backbone=False,
+            backbone_state=state,
+            device=torch.device("cpu"),
+            phases=phases,
+        )
+        assert samples[0].slices is not None and samples[0].slices.shape == (3, channels, 16, 16)
+        assert samples[0].slice_count == 3
+        config = CLDCAConfig(clinical_inputs=len(schema.columns), phases=phases)
+        model = CLDCA(config)
+        scores = score(model, samples, schema, schema.fit(s.clinical for s in samples), torch.device("cpu"))
+        assert scores.shape == (2,)
