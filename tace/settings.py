@@ -125,6 +125,15 @@ class Settings(BaseSettings):
     dicom_tls_key: Path | None = None
     dicom_tls_ca: Path | None = None
     dicom_tls_require_client_cert: bool = False
+    stow_port: Port = 8042
+    """STOW-RS (DICOMweb store) on ``bind_host``; `tace stow` serves it when ``stow_token`` is set."""
+    stow_token: SecretStr | None = None
+    stow_max_part_bytes: int | None = Field(default=None, ge=1024)
+    """Largest instance one multipart part may carry; unset: ``dicom_max_instance_bytes``."""
+    stow_tls_cert: Path | None = None
+    stow_tls_key: Path | None = None
+    stow_tls_ca: Path | None = None
+    stow_tls_require_client_cert: bool = False
     listener_processes: int = Field(default=1, ge=1, le=64)
     min_free_bytes: int = Field(default=2 * 1024**3, ge=0)
     min_slices: int = Field(default=16, ge=1)

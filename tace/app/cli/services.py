@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -167,6 +168,41 @@ def api(ctx: typer.Context) -> None:
 
 
 @app.command()
+def stow(ctx: typer.Context) -> None:
+    """Run the STOW-RS (DICOMweb store) endpoint on TACE_STOW_PORT (needs TACE_STOW_TOKEN; until stopped)."""
+    import uvicorn
+
+    from listener.staging import remove_dead_folders
+    from listener.stow import create_stow_app
+    from tace.app import ports
+    from tace.storage import Storage
+
+    runtime = runtime_of(ctx)
+    settings = runtime.settings
+    if settings.stow_token is None:
+        fail("TACE_STOW_TOKEN is not set: STOW-RS senders need a token")
+    storage = Storage(settings.data_dir)
+    storage.ensure()
+    remove_dead_folders(storage.staging_dir)
+    stow_app = create_stow_app(settings, runtime.engine())
+    try:
+        sock = ports.bind(settings.bind_host, settings.stow_port, "TACE_STOW_PORT")
+    except ports.PortUnavailable as exc:
+        fail(str(exc))
+    config = uvicorn.Config(
+        stow_app,
+        log_config=None,
+        access_log=False,
+        ssl_certfile=settings.stow_tls_cert,
+        ssl_keyfile=settings.stow_tls_key,
+        ssl_ca_certs=str(settings.stow_tls_ca) if settings.stow_tls_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.stow_tls_require_client_cert else ssl.CERT_NONE,
+    )
+    with sock:
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+@app.command()
 def up(ctx: typer.Context) -> None:
     """Start everything on one machine: listener, HL7 feed, worker, relay and admin API (Ctrl-C stops)."""
     import os
@@ -187,6 +223,8 @@ def up(ctx: typer.Context) -> None:
         Service("worker", ("worker", "--name", "up@%h"), stop_seconds=120),
         Service("api", ("api",), settings.api_port, "TACE_API_PORT", stop_seconds=10),
     ]
+    if settings.stow_token is not None:
+        services.append(Service("stow", ("stow",), settings.stow_port, "TACE_STOW_PORT", stop_seconds=10))
     check_ports(
         [
             (settings.api_bind_host if s.name == "api" else settings.bind_host, s.port, s.setting)
@@ -242,6 +280,9 @@ def up(ctx: typer.Context) -> None:
 def print_banner(settings: Settings, checkpoint: Path, demo: bool, token: str) -> None:
     """Where everything listens, then `ready` (scripts and tests wait for that word)."""
     flag = " DEMO model (synthetic training data)" if demo else ""
+    stow_line = (
+        f"  STOW-RS  http://<host>:{settings.stow_port}/dicomweb/studies\n" if settings.stow_token else ""
+    )
     destinations = (
         ", ".join(str(d) for d in settings.destinations) or "none: SRs are kept on disk and listed by the API"
     )
@@ -249,6 +290,7 @@ def print_banner(settings: Settings, checkpoint: Path, demo: bool, token: str) -
         f"TACE gateway - research use only.{flag}\n"
         f"  DICOM    AE {settings.ae_title} on port {settings.dicom_port}\n"
         f"  HL7      MLLP on port {settings.hl7_port}\n"
+        f"{stow_line}"
         f"  admin    http://localhost:{settings.api_port}/  (token: {token})\n"
         f"  metrics  http://localhost:{settings.api_port}/metrics\n"
         f"  model    {checkpoint}\n"
