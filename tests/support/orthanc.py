@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.services import free_port, require_tool, wait_for_port
+from tests.support.services import free_port, missing, require_tool, wait_for_port
 
 ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 @dataclass
@@ -20,6 +21,8 @@ class Orthanc:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    dicomweb_servers: dict[str, dict[str, Any]] | None = None
+    """With servers, the DICOMweb plugin is loaded and can STOW-RS to them (``stow``)."""
 
     @property
     def destination(self) -> str:
@@ -42,6 +45,11 @@ class Orthanc:
             "Plugins": [],
             "HttpServerEnabled": True,
         }
+        if self.dicomweb_servers is not None:
+            if not DICOMWEB_PLUGIN.exists():
+                missing("Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) is not installed")
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Servers": self.dicomweb_servers}
         path = self.workdir / "orthanc.json"
         self.workdir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config))
@@ -81,3 +89,15 @@ class Orthanc:
         ) as response:
             target.write_bytes(response.read())
         return target
+
+    def upload(self, file: Path) -> dict[str, Any]:
+        """Store a DICOM file through the REST API (no DICOM association); returns Orthanc's ids."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/instances", data=file.read_bytes(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return dict(json.loads(response.read()))
+
+    def stow(self, server: str, resources: list[str]) -> Any:
+        """Have Orthanc's DICOMweb plugin send the resources to ``server`` by STOW-RS (synchronously)."""
+        return self._post(f"/dicom-web/servers/{server}/stow", {"Resources": resources})
