@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,8 @@ import sqlalchemy as sa
 from dicomweb_client.api import DICOMwebClient
 
 from tace.db import Instance, table
+from tests.support.certificates import make_certificates
+from tests.support.processes import tace_command, tace_env
 from tests.support.stow import TOKEN, StowProcess, multipart
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -191,3 +195,35 @@ def test_kill_during_a_body_leaves_the_finished_part_stored_and_no_staging_file(
     row = _rows(restarted)[_sop(first)]
     assert (data_dir / row.path).read_bytes() == first.read_bytes()
     assert _sop(second) not in _rows(restarted)
+
+
+def test_over_tls_a_client_certificate_from_the_ca_is_required(
+    start_stow: Callable[..., StowProcess], ct_series: Callable[..., list[Path]], tmp_path: Path
+) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    stow = start_stow(
+        stow_tls_cert=certs.server_cert,
+        stow_tls_key=certs.server_key,
+        stow_tls_ca=certs.ca,
+        stow_tls_require_client_cert="true",
+    )
+    (file,) = ct_series(slices=1, rows=64, columns=64)
+    body, content_type = multipart([("application/dicom", file.read_bytes())])
+    url = f"https://127.0.0.1:{stow.port}/dicomweb/studies"
+    headers = {**AUTH, "Content-Type": content_type}
+    anonymous = ssl.create_default_context(cafile=certs.ca)
+    with pytest.raises(httpx.TransportError):
+        httpx.post(url, content=body, headers=headers, verify=anonymous)
+    scanner = ssl.create_default_context(cafile=certs.ca)
+    scanner.load_cert_chain(certs.client_cert, certs.client_key)
+    response = httpx.post(url, content=body, headers=headers, verify=scanner)
+    assert response.status_code == 200
+    assert set(_rows(stow)) == {_sop(file)}
+
+
+def test_stow_without_a_token_configured_stops_with_one_line(data_dir: Path) -> None:
+    result = subprocess.run(
+        tace_command("stow"), env=tace_env(data_dir=data_dir), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "TACE_STOW_TOKEN" in result.stderr
