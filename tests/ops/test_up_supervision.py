@@ -12,11 +12,13 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tace.app import ports
 from tests.support.processes import REPO_ROOT, tace_command, tace_env
 from tests.support.services import free_port, wait_until
+from tests.support.stow import TOKEN, multipart
 from tests.support.up import Up
 
 pytestmark = pytest.mark.slow
@@ -144,3 +146,23 @@ def test_children_stop_and_free_the_ports_when_up_is_killed(start_up: Callable[.
     )
     for port in (up.dicom_port, up.hl7_port, up.api_port):
         assert _free(port)
+
+
+def test_up_with_a_stow_token_starts_stow_rs_which_stores_what_it_is_sent(
+    start_up: Callable[..., Up], ct_series: Callable[..., list[Path]]
+) -> None:
+    port = free_port()
+    up = start_up(stow_token=TOKEN, stow_port=port)
+    assert up.process is not None
+    assert set(_children(up.process.pid)) == {"listen", "hl7", "worker", "api", "stow"}
+    (file,) = ct_series(slices=1, rows=64, columns=64)
+    body, content_type = multipart([("application/dicom", file.read_bytes())])
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/dicomweb/studies",
+        content=body,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": content_type},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert up.interrupt() == 0
+    assert _free(port)
