@@ -78,6 +78,7 @@ def test_systemd_units_run_tace_commands() -> None:
         "tace-worker-gpu@.service",
         "tace-worker-send.service",
         "tace-api.service",
+        "tace-stow.service",
     }
     for unit in units:
         parser = configparser.ConfigParser(interpolation=None, strict=False)

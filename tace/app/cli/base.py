@@ -130,6 +130,7 @@ DATA_DIR_USE: dict[str, DataDirUse] = {
     "worker": DataDirUse.create,
     "relay": DataDirUse.create,
     "api": DataDirUse.create,
+    "stow": DataDirUse.create,
     "db upgrade": DataDirUse.create,
     "labs import": DataDirUse.create,
     "labs show": DataDirUse.existing,
