@@ -227,3 +227,17 @@ def test_stow_without_a_token_configured_stops_with_one_line(data_dir: Path) -> 
     )
     assert result.returncode == 2
     assert "TACE_STOW_TOKEN" in result.stderr
+
+
+def test_a_body_cut_before_its_closing_boundary_is_400_and_the_finished_parts_stay_stored(
+    start_stow: Callable[..., StowProcess], ct_series: Callable[..., list[Path]], data_dir: Path
+) -> None:
+    stow = start_stow()
+    first, second = ct_series(slices=2, rows=64, columns=64)
+    body, content_type = multipart([("application/dicom", p.read_bytes()) for p in (first, second)])
+    cut = body[: body.index(second.read_bytes()) + 1000]
+    response = httpx.post(f"{stow.url}/studies", content=cut, headers={**AUTH, "Content-Type": content_type})
+    assert response.status_code == 400
+    assert _uids(response.json()["instances"], REFERENCED) == [(_sop(first), None)]
+    assert set(_rows(stow)) == {_sop(first)}
+    assert not any((data_dir / "staging").rglob("*.part"))
