@@ -87,7 +87,9 @@ def test_storescu_series_lands_byte_exact_completes_and_queues_one_job_in_redis(
     message = json.loads(client.lindex("infer", 0))
     assert message["headers"]["task"] == "tace.infer"
     assert message["headers"]["argsrepr"] == f"[{job.id}]"
-    assert str(_rows(listener, Job)[0].state) == JobState.queued
+    wait_until(
+        lambda: str(_rows(listener, Job)[0].state) == JobState.queued, 10, what="the job marked published"
+    )
     (association,) = _rows(listener, Association)
     assert (association.outcome, association.instances_stored, association.calling_ae) == (
         "released",
