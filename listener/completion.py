@@ -1,4 +1,4 @@
-"""Deciding that a series is complete, and queueing its job in the same transaction.
+"""Deciding that a series is complete, and queueing its study's job in the same transaction.
 
 DICOM has no "end of series" message. A series is complete when no instance
 arrived for ``series_quiet_seconds``, or ``release_grace_seconds`` after every
@@ -15,7 +15,7 @@ import enum
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -23,8 +23,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from listener.eligibility import EligibilityRules, ineligibility
+from listener.study import StudyPolicy, evaluate_study, expire_waiting_studies
 from tace.db import Association, AssociationOutcome, Series, SeriesAssociation, SeriesState, table, utcnow
-from tace.jobs import create_job
 from tace.logging import get_logger, unit_of_work
 from tace.metrics import metric
 
@@ -36,13 +36,14 @@ class CompletionPolicy:
     quiet_seconds: float
     grace_seconds: float
     rules: EligibilityRules
+    study: StudyPolicy = field(default_factory=StudyPolicy)
 
 
 class Completion(enum.StrEnum):
     complete = "complete"
-    """Eligible: its job was created in the same transaction."""
+    """Eligible; if it made its study ready, the study's job was created in the same transaction."""
     ineligible = "ineligible"
-    """Recorded with the reason; no job."""
+    """Recorded with the reason; its study is evaluated all the same."""
 
 
 def _candidates(engine: Engine, policy: CompletionPolicy, now: datetime) -> list[tuple[int, datetime]]:
@@ -95,6 +96,7 @@ def complete_series(
                 series_table.c.series_description,
                 series_table.c.generation,
                 series_table.c.series_instance_uid,
+                series_table.c.study_id,
             )
             .where(series_table.c.id == series_id, series_table.c.state == SeriesState.receiving)
             .with_for_update()
@@ -122,10 +124,10 @@ def complete_series(
         with unit_of_work(series=row.series_instance_uid, series_id=series_id):
             if reason is not None:
                 log.info("series.ineligible", reason=reason)
-                return Completion.ineligible
-            job = create_job(session, series_id, row.generation + 1, detail="series complete")
-            log.info("series.complete", generation=row.generation + 1, job_id=job.id)
-            return Completion.complete
+            else:
+                log.info("series.complete", generation=row.generation + 1)
+            evaluate_study(session, row.study_id, policy.study)
+            return Completion.complete if reason is None else Completion.ineligible
 
 
 def scan(engine: Engine, policy: CompletionPolicy) -> None:
@@ -133,6 +135,7 @@ def scan(engine: Engine, policy: CompletionPolicy) -> None:
         outcome = complete_series(engine, series_id, seen_last, policy)
         if outcome is not None:
             metric("series").labels(result=outcome.value).inc()
+    expire_waiting_studies(engine, policy.study)
 
 
 def run_scanner(

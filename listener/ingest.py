@@ -32,6 +32,7 @@ from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, LegacyConvertedE
 from sqlalchemy.engine import Connection, Engine
 
 from listener.dataset_check import TooLarge, UnreadableDataset, image_plane, read_header
+from listener.phases import SeriesTags
 from tace import phi
 from tace.db import Instance, Series, SeriesAssociation, SeriesState, Study, insert_ignore, table, utcnow
 from tace.dicom_header import study_datetime, text
@@ -430,6 +431,7 @@ class Ingestor:
                 "total_bytes": 0,
                 "generation": 0,
                 "created_at": now,
+                "tags": SeriesTags.from_dataset(ds).to_dict(),
             },
         )
         return int(

@@ -29,8 +29,11 @@ from listener.completion import (
     run_scanner,
 )
 from listener.eligibility import EligibilityRules
+from listener.phases import PhaseRules
 from listener.server import Listener, tune_process
 from listener.staging import own_folder, remove_dead_folders
+from listener.study import StudyPolicy
+from tace.contract import ContractSource, checkpoint_path
 from tace.db import make_engine
 from tace.logging import get_logger
 from tace.process import init_process
@@ -53,6 +56,11 @@ def policy_from(settings: Settings) -> CompletionPolicy:
         grace_seconds=settings.release_grace_seconds,
         rules=EligibilityRules(
             min_slices=settings.min_slices, description_pattern=settings.series_description_pattern
+        ),
+        study=StudyPolicy(
+            contract=ContractSource(checkpoint_path(settings.model_checkpoint, settings.data_dir)),
+            rules=PhaseRules.load(settings.phase_rules) if settings.phase_rules else PhaseRules.default(),
+            quiet_seconds=settings.study_quiet_seconds,
         ),
     )
 

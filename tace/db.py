@@ -116,6 +116,10 @@ class Study(SQLModel, table=True):
     study_datetime: datetime | None = Field(default=None, sa_type=sa.DateTime())
     accession_number: str | None = Field(default=None, max_length=16)
     study_description: str | None = Field(default=None, max_length=64)
+    generation: int = 0
+    """Counts the study's jobs: it and the model version make the SR's UIDs."""
+    ineligible_reason: str | None = None
+    """Why the study got no job (a phase the model needs is missing), while it has none."""
     created_at: datetime = _created_column()
 
 
@@ -135,6 +139,11 @@ class Series(SQLModel, table=True):
     last_received_at: datetime | None = _utc_column()
     completed_at: datetime | None = _utc_column()
     created_at: datetime = _created_column()
+    tags: dict[str, Any] | None = _json_column()
+    """The first instance's phase-relevant header (``SeriesTags.to_dict``), kept at ingest."""
+    phase: str | None = Field(default=None, max_length=24)
+    phase_confidence: str | None = Field(default=None, max_length=8)
+    phase_evidence: str | None = None
 
 
 class Instance(SQLModel, table=True):
@@ -193,7 +202,12 @@ class SeriesAssociation(SQLModel, table=True):
 
 
 class Job(SQLModel, table=True):
-    """One attempt to turn a completed series (at one generation) into an SR in the PACS."""
+    """One attempt to turn a ready study (at one generation) into an SR in the PACS.
+
+    ``series_id`` is the reference series (the phase the others are aligned to);
+    ``selection`` records every series of the study with its phase decision and
+    why it was or was not used, so the choice can be explained later.
+    """
 
     __table_args__ = (sa.UniqueConstraint("series_id", "generation", name="uq_job_series_gen"),)
 
@@ -215,6 +229,10 @@ class Job(SQLModel, table=True):
     finished_at: datetime | None = _utc_column()
     not_before: datetime | None = _utc_column()
     superseded_by_id: int | None = Field(default=None, foreign_key="job.id")
+    study_id: int | None = Field(default=None, foreign_key="study.id", index=True)
+    selection: dict[str, Any] | None = _json_column()
+    predecessor_job_id: int | None = Field(default=None, foreign_key="job.id")
+    """The earlier job whose SR this job's SR replaces (and withdraws when it is sent)."""
 
 
 class JobEvent(SQLModel, table=True):
@@ -298,14 +316,23 @@ class DeliveryState(enum.StrEnum):
     failed = "failed"
 
 
-class Delivery(SQLModel, table=True):
-    """The outcome of sending one job's SR to one destination."""
+class DeliveryKind(enum.StrEnum):
+    sr = "sr"
+    rejection = "rejection"
+    """The IOCM rejection note that withdraws the predecessor's SR."""
 
-    __table_args__ = (sa.UniqueConstraint("job_id", "destination", name="uq_delivery_job_destination"),)
+
+class Delivery(SQLModel, table=True):
+    """The outcome of sending one job's SR (or its rejection note) to one destination."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "destination", "kind", name="uq_delivery_job_destination_kind"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="job.id", index=True)
     destination: str = Field(max_length=128)
+    kind: DeliveryKind = Field(default=DeliveryKind.sr, sa_type=_enum_type(DeliveryKind))
     sop_instance_uid: str = Field(max_length=64)
     state: DeliveryState = Field(sa_type=_enum_type(DeliveryState))
     dimse_status: int | None = None

@@ -22,6 +22,9 @@ from sqlmodel import Session, col, select
 from tace import phi
 from tace.db import (
     TERMINAL_JOB_STATES,
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
     Job,
     JobEvent,
     JobState,
@@ -82,7 +85,9 @@ def create_job(session: Session, series_id: int, generation: int, detail: str | 
     Runs inside the caller's transaction so that completing the series and creating
     its job commit together (the outbox pattern).
     """
-    job = Job(series_id=series_id, generation=generation, state=JobState.received)
+    series = session.get(Series, series_id)
+    study_id = series.study_id if series is not None else None
+    job = Job(series_id=series_id, study_id=study_id, generation=generation, state=JobState.received)
     session.add(job)
     session.flush()
     assert job.id is not None
@@ -100,6 +105,75 @@ def create_job(session: Session, series_id: int, generation: int, detail: str | 
         previous.superseded_by_id = job.id
         previous.lease = None
         previous.updated_at = previous.finished_at = utcnow()
+        _event(session, previous.id, JobState.superseded, previous.stage, f"superseded by job {job.id}")
+    return job
+
+
+def _delivered_predecessor(session: Session, study_id: int, before: int) -> int | None:
+    """The latest earlier job of the study whose SR reached at least one destination."""
+    return session.exec(
+        select(Job.id)
+        .join(Delivery, col(Delivery.job_id) == Job.id)
+        .where(
+            col(Job.study_id) == study_id,
+            col(Job.id) < before,
+            col(Delivery.kind) == DeliveryKind.sr,
+            col(Delivery.state) == DeliveryState.delivered,
+        )
+        .order_by(col(Job.id).desc())
+        .limit(1)
+    ).first()
+
+
+def create_study_job(
+    session: Session,
+    *,
+    study_id: int,
+    series_id: int,
+    generation: int,
+    selection: dict[str, object],
+    detail: str,
+    error: str | None = None,
+) -> Job:
+    """The job of a study at one generation, superseding every earlier job of the study.
+
+    Runs in the caller's transaction (the series completion that made the study
+    ready: the outbox rule). ``error`` records a study that cannot be predicted
+    (a phase the model needs never came) as a failed job, so lists and
+    `tace jobs show` say why it got no SR. An earlier job whose SR was delivered
+    becomes the predecessor: the new SR names it and withdraws it when sent.
+    """
+    now = utcnow()
+    failed = error is not None
+    job = Job(
+        series_id=series_id,
+        study_id=study_id,
+        generation=generation,
+        selection=selection,
+        state=JobState.failed if failed else JobState.received,
+        error=_scrubbed(error),
+        finished_at=now if failed else None,
+    )
+    session.add(job)
+    session.flush()
+    assert job.id is not None
+    _event(session, job.id, JobState.received, Stage.infer, detail)
+    if failed:
+        _event(session, job.id, JobState.failed, Stage.infer, error)
+    else:
+        job.predecessor_job_id = _delivered_predecessor(session, study_id, job.id)
+    older = session.exec(
+        select(Job).where(
+            col(Job.study_id) == study_id, Job.id != job.id, col(Job.state) != JobState.superseded
+        )
+    ).all()
+    for previous in older:
+        assert previous.id is not None
+        previous.state = JobState.superseded
+        previous.superseded_by_id = job.id
+        previous.lease = None
+        previous.updated_at = now
+        previous.finished_at = previous.finished_at or now
         _event(session, previous.id, JobState.superseded, previous.stage, f"superseded by job {job.id}")
     return job
 

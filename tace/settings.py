@@ -183,6 +183,8 @@ class Settings(BaseSettings):
 
     series_quiet_seconds: float = Field(default=30.0, gt=0)
     release_grace_seconds: float = Field(default=5.0, ge=0)
+    study_quiet_seconds: float = Field(default=600.0, gt=0)
+    """How long a study may wait for a phase the model needs before it is recorded ineligible."""
     job_stall_seconds: float = Field(default=300.0, gt=0)
     relay_interval_seconds: float = Field(default=1.0, gt=0)
     visibility_timeout_seconds: int = Field(default=7200, gt=0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -46,6 +48,47 @@ def study_time(study: Study, series: Series) -> dt.datetime:
     return arrived.astimezone().replace(tzinfo=None)
 
 
+def _paths(ctx: WorkerContext, session: Session, series_id: int) -> list[Path]:
+    return [
+        ctx.storage.resolve(p)
+        for p in session.exec(
+            select(Instance.path).where(Instance.series_id == series_id).order_by(col(Instance.id))
+        )
+    ]
+
+
+def inputs_report(selection: dict[str, Any]) -> tuple[str, ...]:
+    """The SR's account of the study: per phase the series read, then every other series and why not."""
+    used, unused = [], []
+    for item in selection.get("series", []):
+        label = f"series {item.get('series_number', '?')} {item.get('description') or '(no description)'!r}"
+        phase = (item.get("phase") or "unknown").replace("_", " ")
+        evidence = f"{phase}, {item.get('confidence')} confidence: {item.get('evidence')}"
+        if item.get("used_for"):
+            used.append(f"{item['reason'][0].upper()}{item['reason'][1:]}: {label} ({evidence})")
+        else:
+            unused.append(f"Not used: {label}: {item['reason']}")
+    return (*used, *unused)
+
+
+def _phases(
+    ctx: WorkerContext, session: Session, selection: dict[str, Any]
+) -> tuple[tuple[pipeline.PhaseInput, ...], str | None]:
+    chosen = {item["used_for"]: item for item in selection.get("series", []) if item.get("used_for")}
+    order = [p for p in selection.get("phases", []) if p in chosen]
+    phases = tuple(pipeline.PhaseInput(p, _paths(ctx, session, chosen[p]["series_id"])) for p in order)
+    return phases, selection.get("reference")
+
+
+def _predecessor(ctx: WorkerContext, session: Session, job: Job) -> Path | None:
+    if job.predecessor_job_id is None:
+        return None
+    previous = session.exec(select(Prediction).where(Prediction.job_id == job.predecessor_job_id)).first()
+    if previous is None or previous.sr_path is None:
+        return None
+    return ctx.storage.resolve(previous.sr_path)
+
+
 def _load(ctx: WorkerContext, job_id: int) -> _Job:
     with session_scope(ctx.engine) as session:
         job = session.get(Job, job_id)
@@ -54,16 +97,18 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
         assert series is not None
         study = session.get(Study, series.study_id)
         assert study is not None
-        paths = [
-            ctx.storage.resolve(p)
-            for p in session.exec(
-                select(Instance.path).where(Instance.series_id == series.id).order_by(col(Instance.id))
-            )
-        ]
+        selection = job.selection or {}
+        phases, reference = _phases(ctx, session, selection) if selection else ((), None)
         rules = IdentityRules.from_settings(ctx.settings)
         issuer = rules.issuer(study.issuer_of_patient_id)
         case = pipeline.Case(
-            paths=paths,
+            paths=phases[0].paths if len(phases) == 1 else _paths(ctx, session, series.id or 0),
+            phases=phases if len(phases) > 1 else (),
+            reference=reference,
+            min_slices=int((selection.get("contract") or {}).get("min_slices", 1)),
+            study_instance_uid=study.study_instance_uid,
+            inputs_report=inputs_report(selection),
+            predecessor=_predecessor(ctx, session, job),
             patient_id=study.patient_id or "",
             issuer=issuer,
             patient_hash=study.patient_hash,

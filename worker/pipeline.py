@@ -20,15 +20,27 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
 from sqlalchemy.engine import Engine
 
 from hl7_clinical.features import ClinicalFeatures, FeatureValue, clinical_features
 from model.predictor import PredictionResult, Predictor
 from model.schema import SchemaError
 from worker.clinical_summary import summarize
+from worker.align import align
 from worker.sr import SrContent, SrIdentity, build_sr, sr_identity
 from worker.sr_demographics import sex_code
 from worker.volume import SeriesVolume, VolumeError, read_volume
+
+
+@dataclass(frozen=True)
+class PhaseInput:
+    """One contrast phase the model reads: its name and the chosen series' files."""
+
+    phase: str
+    paths: Sequence[Path]
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,18 @@ class Case:
     """Issuers stored labs may carry for this patient (``IdentityRules.lab_issuers``); None: ``issuer``."""
     patient_sex: str | None = None
     """PatientSex of the CT header: the ``sex`` feature when the labs carry none."""
+    phases: tuple[PhaseInput, ...] = ()
+    """Several phases in channel order (multi-phase checkpoints); empty: ``paths`` is the one series."""
+    reference: str | None = None
+    """The phase whose slice positions the others are resampled onto."""
+    min_slices: int = 1
+    """The checkpoint's minimum slice count, applied to the aligned phases' overlap."""
+    study_instance_uid: str | None = None
+    """Names the SR's UIDs with the model version and generation; None: the study of the CT read."""
+    inputs_report: tuple[str, ...] = ()
+    """Lines for the SR: the series used per phase and the others with why they were not used."""
+    predecessor: Path | None = None
+    """The SR this one replaces (Predecessor Documents Sequence)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +101,12 @@ class Inputs:
     case: Case
     features: ClinicalFeatures
     volume: SeriesVolume
+    """The reference phase's volume (the only one for single-phase cases)."""
     timings: dict[str, float] = field(default_factory=dict)
+    model_input: np.ndarray | None = None
+    """(slices, channels, rows, columns) for multi-phase cases; None: ``volume.hu``."""
+    evidence: list[Dataset] | None = None
+    """Headers of every instance read; None: ``volume.headers``."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +144,11 @@ def gather(
     if missing and not labs_rule.impute:
         return LabsMissing(missing, features)
     start = time.perf_counter()
+    if len(case.phases) > 1:
+        return _gather_phases(case, features, timings, start, decode_pool)
+    paths = case.phases[0].paths if case.phases else case.paths
     try:
-        volume = read_volume(case.paths, executor=decode_pool)
+        volume = read_volume(paths, executor=decode_pool)
     except VolumeError as exc:
         return Refused("volume", str(exc))
     timings["read_volume"] = _elapsed(start)
@@ -139,6 +171,23 @@ def _sex_from_header(features: ClinicalFeatures, patient_sex: str | None) -> Non
             status="F",
             text=sex,
         )
+def _gather_phases(
+    case: Case, features: ClinicalFeatures, timings: dict[str, float], start: float, pool: Executor | None
+) -> Inputs | Refused:
+    """Only the chosen series are decoded; the phases are then aligned on the reference phase."""
+    volumes: list[tuple[str, SeriesVolume]] = []
+    for phase in case.phases:
+        try:
+            volumes.append((phase.phase, read_volume(phase.paths, executor=pool)))
+        except VolumeError as exc:
+            return Refused("volume", f"{phase.phase.replace('_', ' ')} phase: {exc}")
+    reference = case.reference or case.phases[0].phase
+    try:
+        aligned = align(volumes, reference, min_slices=case.min_slices)
+    except VolumeError as exc:
+        return Refused("volume", str(exc))
+    timings["read_volume"] = _elapsed(start)
+    return Inputs(case, features, dict(volumes)[reference], timings, aligned.hu, aligned.evidence)
 
 
 def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
@@ -146,19 +195,32 @@ def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
     timings = dict(inputs.timings)
     start = time.perf_counter()
     try:
-        result = predictor.predict(inputs.volume.hu, inputs.features.model_input())
+        volume = inputs.model_input if inputs.model_input is not None else inputs.volume.hu
+        result = predictor.predict(volume, inputs.features.model_input())
     except SchemaError as exc:
         return Refused("features", str(exc))
     timings["model"] = _elapsed(start)
     start = time.perf_counter()
-    identity = sr_identity(inputs.volume.series_instance_uid, result.model_version, inputs.case.generation)
-    clinical = summarize(inputs.features, result.missing_features, predictor.meta.schema.by_name())
-    sr = build_sr(inputs.volume.headers, SrContent.of(result, clinical), identity)
+    case = inputs.case
+    study = case.study_instance_uid or inputs.volume.study_instance_uid
+    identity = sr_identity(study, result.model_version, case.generation)
+    previous = [pydicom.dcmread(case.predecessor, stop_before_pixels=True)] if case.predecessor else None
+    sr = build_sr(
+        inputs.evidence or inputs.volume.headers,
+        SrContent.of(
+            result,
+            summarize(inputs.features, result.missing_features, predictor.meta.schema.by_name()),
+            inputs=case.inputs_report,
+        ),
+        identity,
+        previous=previous,
+    )
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     timings["sr"] = _elapsed(start)
     timings.update({f"model.{name}": round(value, 4) for name, value in result.timings.items()})
-    return Predicted(result, inputs.features, identity, buffer.getvalue(), len(inputs.volume.hu), timings)
+    slices = len(inputs.model_input) if inputs.model_input is not None else len(inputs.volume.hu)
+    return Predicted(result, inputs.features, identity, buffer.getvalue(), slices, timings)
 
 
 def run_case(

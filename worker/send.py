@@ -24,12 +24,24 @@ from pynetdicom import AE
 from sqlmodel import select
 
 from tace import phi
-from tace.db import Delivery, DeliveryState, Prediction, Stage, session_scope, table, utcnow
+from tace.db import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Job,
+    Prediction,
+    Stage,
+    session_scope,
+    table,
+    utcnow,
+)
 from tace.jobs import Lease
 from tace.logging import get_logger
 from tace.metrics import metric
 from tace.settings import Destination, Settings
+from tace.storage import atomic_write
 from worker.context import WorkerContext
+from worker.rejection import build_rejection, rejection_uid
 from worker.stage import StageOutcome, StageResult, run_claimed
 
 log = get_logger("tace.worker.send")
@@ -105,12 +117,50 @@ def run_send(ctx: WorkerContext, job_id: int) -> StageOutcome:
     return run_claimed(ctx, job_id, Stage.send, lambda lease: _send(ctx, lease))
 
 
+@dataclass(frozen=True)
+class _Predecessor:
+    """The SR this job's SR replaces, and where it was delivered (there it must be withdrawn)."""
+
+    path: Path
+    sop_instance_uid: str
+    destinations: frozenset[str]
+
+
+def _predecessor(ctx: WorkerContext, job_id: int) -> _Predecessor | None:
+    with session_scope(ctx.engine) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.predecessor_job_id is None:
+            return None
+        old = session.exec(select(Prediction).where(Prediction.job_id == job.predecessor_job_id)).first()
+        delivered = session.exec(
+            select(Delivery.destination).where(
+                Delivery.job_id == job.predecessor_job_id,
+                Delivery.kind == DeliveryKind.sr,
+                Delivery.state == DeliveryState.delivered,
+            )
+        ).all()
+    if old is None or old.sr_path is None or old.sr_sop_instance_uid is None:
+        return None
+    return _Predecessor(ctx.storage.resolve(old.sr_path), old.sr_sop_instance_uid, frozenset(delivered))
+
+
+def _rejection_note(ctx: WorkerContext, predecessor: _Predecessor) -> tuple[Path, str]:
+    """The IOCM note for the predecessor, built once and kept next to the SRs."""
+    rejected = pydicom.dcmread(predecessor.path, stop_before_pixels=True)
+    uid = rejection_uid(predecessor.sop_instance_uid)
+    path = ctx.storage.sr_path(rejected.StudyInstanceUID, uid)
+    if not path.exists():
+        atomic_write(path, build_rejection(rejected), ctx.storage.staging_dir)
+    return path, uid
+
+
 def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
     settings = ctx.settings
     with session_scope(ctx.engine) as session:
         prediction = session.exec(select(Prediction).where(Prediction.job_id == lease.job_id)).one()
         deliveries = {
-            d.destination: d for d in session.exec(select(Delivery).where(Delivery.job_id == lease.job_id))
+            (d.destination, d.kind): d
+            for d in session.exec(select(Delivery).where(Delivery.job_id == lease.job_id))
         }
     if prediction.sr_path is None or prediction.sr_sop_instance_uid is None:
         return StageResult.failed("send: no SR was stored for this job; replay from infer")
@@ -121,28 +171,22 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
             detail="nothing sent: no destination configured (TACE_DESTINATIONS); "
             f"SR kept at {prediction.sr_path}",
         )
+    predecessor = _predecessor(ctx, lease.job_id)
     pending, permanent = [], []
+    rejected = 0
     for destination in settings.destinations:
         name = str(destination)
-        previous = deliveries.get(name)
-        if previous is not None and previous.state == DeliveryState.delivered:
-            continue
-        result = store_sr(settings, destination, path)
-        attempts = (previous.attempts if previous else 0) + 1
-        state = (
-            DeliveryState.delivered
-            if result.delivered
-            else DeliveryState.retrying
-            if result.transient
-            else DeliveryState.failed
+        sr_done = _deliver(
+            ctx, lease, deliveries, destination, DeliveryKind.sr, path, prediction.sr_sop_instance_uid
         )
-        _record(ctx, lease.job_id, name, prediction.sr_sop_instance_uid, state, result, attempts)
-        metric("sends").labels(destination=name, outcome=state.value).inc()
-        log.info("sr.delivery", destination=name, state=state, detail=result.detail, attempts=attempts)
-        if state == DeliveryState.retrying:
-            pending.append((name, result.detail, attempts))
-        elif state == DeliveryState.failed:
-            permanent.append((name, result.detail))
+        if sr_done.state == DeliveryState.delivered and predecessor and name in predecessor.destinations:
+            note, note_uid = _rejection_note(ctx, predecessor)
+            sr_done = _deliver(ctx, lease, deliveries, destination, DeliveryKind.rejection, note, note_uid)
+            rejected += sr_done.state == DeliveryState.delivered
+        if sr_done.state == DeliveryState.retrying:
+            pending.append((name, sr_done.detail, sr_done.attempts))
+        elif sr_done.state == DeliveryState.failed:
+            permanent.append((name, sr_done.detail))
     if permanent:
         reason = "; ".join(f"{name} refused: {detail}" for name, detail in permanent)
         return StageResult.failed(f"send: {reason}")
@@ -155,15 +199,59 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
             not_before=utcnow() + dt.timedelta(seconds=delay),
             error=f"retrying in {delay:.0f} s (attempt {attempt}): {reason}",
         )
-    return StageResult(
-        StageOutcome.sent, detail=f"SR {prediction.sr_sop_instance_uid} accepted by every destination"
+    withdrawn = (
+        f"; previous SR {predecessor.sop_instance_uid} withdrawn (IOCM rejection note) "
+        f"at {rejected} destination(s)"
+        if predecessor and rejected
+        else ""
     )
+    return StageResult(
+        StageOutcome.sent,
+        detail=f"SR {prediction.sr_sop_instance_uid} accepted by every destination{withdrawn}",
+    )
+
+
+@dataclass(frozen=True)
+class _Delivered:
+    state: DeliveryState
+    detail: str
+    attempts: int
+
+
+def _deliver(
+    ctx: WorkerContext,
+    lease: Lease,
+    deliveries: dict[tuple[str, DeliveryKind], Delivery],
+    destination: Destination,
+    kind: DeliveryKind,
+    path: Path,
+    sop_uid: str,
+) -> _Delivered:
+    """One object to one destination unless it already arrived there; the outcome is recorded."""
+    name = str(destination)
+    previous = deliveries.get((name, kind))
+    if previous is not None and previous.state == DeliveryState.delivered:
+        return _Delivered(DeliveryState.delivered, previous.detail or "", previous.attempts)
+    result = store_sr(ctx.settings, destination, path)
+    attempts = (previous.attempts if previous else 0) + 1
+    state = (
+        DeliveryState.delivered
+        if result.delivered
+        else DeliveryState.retrying
+        if result.transient
+        else DeliveryState.failed
+    )
+    _record(ctx, lease.job_id, name, kind, sop_uid, state, result, attempts)
+    metric("sends").labels(destination=name, outcome=state.value).inc()
+    log.info(f"{kind.value}.delivery", destination=name, state=state, detail=result.detail, attempts=attempts)
+    return _Delivered(state, result.detail, attempts)
 
 
 def _record(
     ctx: WorkerContext,
     job_id: int,
     destination: str,
+    kind: DeliveryKind,
     sop_uid: str,
     state: DeliveryState,
     result: SendResult,
@@ -183,10 +271,14 @@ def _record(
     with ctx.engine.begin() as connection:
         updated = connection.execute(
             delivery_table.update()
-            .where(delivery_table.c.job_id == job_id, delivery_table.c.destination == destination)
+            .where(
+                delivery_table.c.job_id == job_id,
+                delivery_table.c.destination == destination,
+                delivery_table.c.kind == kind,
+            )
             .values(**values)
         )
         if updated.rowcount == 0:
             connection.execute(
-                sa.insert(delivery_table).values(job_id=job_id, destination=destination, **values)
+                sa.insert(delivery_table).values(job_id=job_id, destination=destination, kind=kind, **values)
             )

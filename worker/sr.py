@@ -65,6 +65,7 @@ MISSING_FEATURES = CodedConcept("TACE-MISS", SCHEME, "Missing clinical features"
 VALUES_USED = CodedConcept("TACE-USED", SCHEME, "Clinical values used")
 SUMMARY = CodedConcept("TACE-SUM", SCHEME, "Prediction summary")
 DISCLAIMER = CodedConcept("121106", "DCM", "Comment")
+SERIES_USED = CodedConcept("TACE-INPUT", SCHEME, "Image series used and not used")
 UNITLESS = CodedConcept("1", "UCUM", "no units")
 CT_PROCEDURE = CodedConcept("77477000", "SCT", "Computerized axial tomography")
 REPORT_TITLE = codes.DCM.ImagingMeasurementReport
@@ -80,13 +81,11 @@ class SrIdentity:
     instance_number: int
 
 
-def sr_identity(ct_series_uid: str, model_version: str, generation: int) -> SrIdentity:
-    """Deterministic UIDs: the same job generation always yields the same SR."""
+def sr_identity(study_uid: str, model_version: str, generation: int) -> SrIdentity:
+    """Deterministic UIDs: one SR series per (study, model version), one SR per job generation."""
     return SrIdentity(
-        series_instance_uid=generate_uid(entropy_srcs=["tace-sr-series", ct_series_uid, model_version]),
-        sop_instance_uid=generate_uid(
-            entropy_srcs=["tace-sr", ct_series_uid, model_version, str(generation)]
-        ),
+        series_instance_uid=generate_uid(entropy_srcs=["tace-sr-series", study_uid, model_version]),
+        sop_instance_uid=generate_uid(entropy_srcs=["tace-sr", study_uid, model_version, str(generation)]),
         device_uid=generate_uid(entropy_srcs=["tace-device", "CLDCA", model_version]),
         instance_number=generation,
     )
@@ -105,9 +104,13 @@ class SrContent:
     """The checkpoint's decision threshold on the probability, chosen in cross-validation."""
     validation: str | None = None
     """The checkpoint's validated AUC with its CI, in words."""
+    inputs: Sequence[str] = ()
+    """The series used per phase, then the study's other series with why they were not used."""
 
     @classmethod
-    def of(cls, prediction: PredictionResult, clinical: ClinicalSummary) -> SrContent:
+    def of(
+        cls, prediction: PredictionResult, clinical: ClinicalSummary, inputs: Sequence[str] = ()
+    ) -> SrContent:
         return cls(
             prediction.probability,
             prediction.label,
@@ -118,6 +121,7 @@ class SrContent:
             clinical,
             prediction.threshold,
             prediction.validation,
+            tuple(inputs),
         )
 
 
@@ -132,8 +136,14 @@ def _disclaimer(content: SrContent) -> str:
     return text
 
 
-def build_sr(evidence: Sequence[Dataset], content: SrContent, identity: SrIdentity) -> Comprehensive3DSR:
-    """``evidence``: the source CT headers (pixel data not needed); their demographics need not conform."""
+def build_sr(
+    evidence: Sequence[Dataset],
+    content: SrContent,
+    identity: SrIdentity,
+    previous: Sequence[Dataset] | None = None,
+) -> Comprehensive3DSR:
+    """``evidence``: the source CT headers (pixel data not needed; their demographics need not conform);
+    ``previous``: the SR this one replaces."""
     algorithm = AlgorithmIdentification(
         name=content.model_name,
         version=content.model_version,
@@ -186,6 +196,7 @@ def build_sr(evidence: Sequence[Dataset], content: SrContent, identity: SrIdenti
         is_complete=True,
         is_final=False,
         is_verified=False,
+        previous_versions=previous,
         contributing_equipment=[
             hd.ContributingEquipment(
                 manufacturer=MANUFACTURER,
@@ -225,6 +236,12 @@ def _text_items(content: SrContent) -> list[TextContentItem]:
         items.append(
             TextContentItem(
                 name=VALUES_USED, value="\r\n".join(content.clinical.used), relationship_type="CONTAINS"
+            )
+        )
+    if content.inputs:
+        items.append(
+            TextContentItem(
+                name=SERIES_USED, value="\r\n".join(content.inputs)[:10240], relationship_type="CONTAINS"
             )
         )
     items.append(TextContentItem(name=DISCLAIMER, value=_disclaimer(content), relationship_type="CONTAINS"))

@@ -107,6 +107,20 @@ class RejectedValue:
 
 
 @dataclass(frozen=True)
+class SeriesDecision:
+    """One series of the job's study: its contrast phase with the evidence, and whether it was read."""
+
+    series_number: int | None
+    series_description: str | None
+    series_instance_uid: str
+    phase: str | None
+    confidence: str | None
+    evidence: str | None
+    used_for: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class JobDetail:
     job: JobSummary
     study_instance_uid: str
@@ -131,6 +145,10 @@ class JobDetail:
     """``3 of 43 clinical values missing: ...`` in the schema's words, for a predicted job."""
     probability: str | None = None
     """The probability as people read it (``>0.999``, never ``1.000``)."""
+    series_decisions: list[SeriesDecision] = field(default_factory=list)
+    no_sr_reason: str | None = None
+    """Why this study has no SR from this job (a missing phase, a refusal, a newer job), else None."""
+    predecessor_job_id: int | None = None
 
 
 def _summary(job: Job, series: Series, study: Study, prediction: Prediction | None = None) -> JobSummary:
@@ -288,6 +306,48 @@ def _rejected(session: Session, patient_hash: str, before: datetime) -> list[Rej
     ]
 
 
+def _series_decisions(session: Session, job: Job) -> list[SeriesDecision]:
+    """From the job's recorded selection; jobs made before studies were selected: the study's series."""
+    if job.selection:
+        return [
+            SeriesDecision(
+                item.get("series_number"),
+                item.get("description"),
+                item["series_instance_uid"],
+                item.get("phase"),
+                item.get("confidence"),
+                item.get("evidence"),
+                item.get("used_for"),
+                item.get("reason", ""),
+            )
+            for item in job.selection.get("series", [])
+        ]
+    rows = session.exec(
+        select(Series).where(Series.study_id == job.study_id).order_by(col(Series.series_number))
+    ).all()
+    return [
+        SeriesDecision(
+            s.series_number,
+            s.series_description,
+            s.series_instance_uid,
+            s.phase,
+            s.phase_confidence,
+            s.phase_evidence,
+            "any" if s.id == job.series_id else None,
+            "used" if s.id == job.series_id else (s.ineligible_reason or "not this job's series"),
+        )
+        for s in rows
+    ]
+
+
+def _no_sr_reason(job: Job, study: Study) -> str | None:
+    if job.state == JobState.failed:
+        return job.error
+    if job.state == JobState.superseded:
+        return f"superseded by job {job.superseded_by_id} (the study changed or was replayed)"
+    return None
+
+
 def job_detail(
     session: Session, job_id: int, *, labs_deadline_seconds: float | None = None
 ) -> JobDetail | None:
@@ -326,6 +386,9 @@ def job_detail(
             else None
         ),
         probability=probability_text(prediction.probability) if prediction is not None else None,
+        series_decisions=_series_decisions(session, job),
+        no_sr_reason=_no_sr_reason(job, study),
+        predecessor_job_id=job.predecessor_job_id,
     )
 
 

@@ -13,8 +13,8 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from tace.db import Job, JobState, Prediction, Series, Stage, session_scope, utcnow
-from tace.jobs import create_job, reset_for_replay
+from tace.db import Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
+from tace.jobs import create_job, create_study_job, reset_for_replay
 
 
 class ReplayRefused(ValueError):
@@ -39,12 +39,38 @@ def _check(session: Session, job: Job, stage: Stage, stall_seconds: float) -> No
         and job.heartbeat_at > utcnow() - timedelta(seconds=stall_seconds)
     ):
         raise ReplayRefused(f"job {job.id} is running now")
+    if job.state == JobState.failed and (job.error or "").startswith("study:"):
+        raise ReplayRefused(f"job {job.id} has no input to replay ({job.error})")
     if job.state == JobState.superseded:
         raise ReplayRefused(f"job {job.id} was superseded by job {job.superseded_by_id}; replay that one")
     if stage == Stage.send:
         prediction = session.exec(select(Prediction).where(Prediction.job_id == job.id)).first()
         if prediction is None or prediction.sr_path is None:
             raise ReplayRefused(f"job {job.id} has no stored SR; replay it from infer")
+
+
+def _new_generation(session: Session, job: Job, reason: str) -> Job:
+    """The same input again under new SR UIDs; a study job stays a study job (same selection)."""
+    if job.study_id is not None and job.selection is not None:
+        study = session.get(Study, job.study_id)
+        assert study is not None
+        study.generation += 1
+        study.ineligible_reason = None
+        session.add(study)
+        session.flush()
+        return create_study_job(
+            session,
+            study_id=job.study_id,
+            series_id=job.series_id,
+            generation=study.generation,
+            selection=job.selection,
+            detail=f"{reason} (new generation)",
+        )
+    series = session.get(Series, job.series_id)
+    assert series is not None
+    series.generation += 1
+    session.add(series)
+    return create_job(session, series.id or 0, series.generation, detail=f"{reason} (new generation)")
 
 
 def replay_job(
@@ -56,13 +82,7 @@ def replay_job(
             raise JobNotFound(f"no job {job_id}")
         _check(session, job, Stage.infer if new_generation else stage, stall_seconds)
         if new_generation:
-            series = session.get(Series, job.series_id)
-            assert series is not None
-            series.generation += 1
-            session.add(series)
-            successor = create_job(
-                session, series.id or 0, series.generation, detail=f"{reason} (new generation)"
-            )
+            successor = _new_generation(session, job, reason)
             assert successor.id is not None
             return ReplayOutcome(job_id, successor.id, Stage.infer)
         reset_for_replay(session, job, stage, reason)

@@ -361,3 +361,221 @@ def write_phase_study(
         )
         written[name] = write_series(spec, directory, volume)
     return written
+@dataclass(frozen=True)
+class VendorStyle:
+    """How one vendor's scanners name and tag a triphasic liver study (from public protocol conventions)."""
+
+    manufacturer: str
+    protocol: str
+    agent: str
+    localizer: str
+    non_contrast: str
+    arterial: str
+    portal_venous: str
+    delayed: str
+    reformat: str
+    thin: float = 1.0
+
+
+VENDOR_STYLES: dict[str, VendorStyle] = {
+    "siemens": VendorStyle(
+        "SIEMENS",
+        "Leber_3Phasen",
+        "Ultravist 370",
+        "Topogramm  0.6  T20f",
+        "Abdomen nativ  5.0  Br40",
+        "Arteriell  {t}  Br40",
+        "Venös  5.0  Br40",
+        "Spätphase  5.0  Br40",
+        "Venös  3.0  Br40 COR",
+    ),
+    "ge": VendorStyle(
+        "GE MEDICAL SYSTEMS",
+        "5.2 LIVER 3 PHASE",
+        "OMNIPAQUE 350",
+        "Scout",
+        "NON CONTRAST 5mm",
+        "ARTERIAL {t}mm",
+        "PORTAL VENOUS 5mm",
+        "DELAYED 5mm",
+        "COR PV 3mm",
+        thin=1.25,
+    ),
+    "philips": VendorStyle(
+        "Philips",
+        "Liver 3-phase/Abdomen",
+        "Iomeron 400",
+        "Survey",
+        "Pre-contrast 5mm",
+        "Arterial phase {t}mm",
+        "Portal venous phase 5mm",
+        "Delayed phase 5mm",
+        "Coronal MPR",
+    ),
+    "canon": VendorStyle(
+        "CANON_MEC",
+        "LIVER DYNAMIC",
+        "IOPAMIRO 370",
+        "Scanogram",
+        "PLAIN 5.0 FC18",
+        "ART {t} FC18",
+        "PVP 5.0 FC18",
+        "EQ 5.0 FC18",
+        "MPR COR 3.0",
+    ),
+}
+
+PHASE_DELAY_SECONDS = {"arterial": 35, "portal_venous": 70, "delayed": 180}
+"""Seconds from contrast start to acquisition, per phase (typical liver protocol timings)."""
+PHASE_TUMOUR_HU = {"non_contrast": 40.0, "arterial": 160.0, "portal_venous": 90.0, "delayed": 70.0}
+"""An HCC-like lesion: arterial wash-in, portal venous and delayed wash-out."""
+CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+DOSE_REPORT_SOP_CLASS = UID("1.2.840.10008.5.1.4.1.1.88.67")
+
+
+@dataclass(frozen=True)
+class StudySeries:
+    """One written series of a synthetic study: what it is and its files."""
+
+    role: str
+    series_number: int
+    series_instance_uid: str
+    paths: list[Path]
+
+
+def liver_study(
+    vendor: str,
+    directory: Path,
+    *,
+    size: int = 32,
+    length_mm: float = 40.0,
+    seed: int = 0,
+    patient_id: str = "SYN0001",
+    phases: Sequence[str] = ("non_contrast", "arterial", "portal_venous", "delayed"),
+    dose_report: bool = True,
+    **spec: Any,
+) -> dict[str, StudySeries]:
+    """A routed liver CT study in one vendor's style, keyed by role.
+
+    Roles: localizer, non_contrast, arterial_thin, arterial, portal_venous,
+    delayed (each phase present when listed in ``phases``), reformat (coronal
+    DERIVED) and dose_report (an X-Ray Radiation Dose SR, not an image). Every
+    series shares the frame of reference and in-plane grid; thick series are
+    5 mm, the thin arterial one is the vendor's thin reconstruction.
+    """
+    style = VENDOR_STYLES[vendor]
+    study_uid = generate_uid(entropy_srcs=["liver-study", vendor, str(seed), patient_id])
+    frame = generate_uid(entropy_srcs=[study_uid, "frame"])
+    start = dt.datetime(2026, 1, 15, 9, 30, 0)
+    common = {
+        "rows": size,
+        "columns": size,
+        "pixel_spacing": (350.0 / size, 350.0 / size),
+        "study_instance_uid": study_uid,
+        "patient_id": patient_id,
+        "seed": seed,
+        "study_datetime": start,
+        **spec,
+    }
+    plan: list[tuple[str, int, str, dict[str, Any]]] = [("localizer", 1, style.localizer, {})]
+    numbers = {"non_contrast": 2, "arterial_thin": 3, "arterial": 4, "portal_venous": 5, "delayed": 6}
+    for phase in phases:
+        roles = ["arterial_thin", "arterial"] if phase == "arterial" else [phase]
+        for role in roles:
+            thickness = style.thin if role == "arterial_thin" else 5.0
+            name = getattr(style, phase).format(t=f"{thickness:g}")
+            plan.append((role, numbers[role], name, {"phase": phase, "thickness": thickness}))
+    if "portal_venous" in phases:
+        plan.append(("reformat", 7, style.reformat, {"phase": "portal_venous"}))
+    written: dict[str, StudySeries] = {}
+    for role, number, description, extra in plan:
+        series_uid = generate_uid(entropy_srcs=[study_uid, role])
+        fields = {
+            **common,
+            "series_instance_uid": series_uid,
+            "series_number": number,
+            "series_description": description,
+        }
+        tags: dict[str, object] = {
+            "Manufacturer": style.manufacturer,
+            "ProtocolName": style.protocol,
+            "FrameOfReferenceUID": frame,
+        }
+        phase = str(extra.get("phase") or "")
+        if phase and phase != "non_contrast":
+            acquired = start + dt.timedelta(seconds=PHASE_DELAY_SECONDS[phase])
+            tags.update(
+                ContrastBolusAgent=style.agent,
+                ContrastBolusStartTime=start.strftime("%H%M%S"),
+                AcquisitionTime=acquired.strftime("%H%M%S"),
+                SeriesTime=acquired.strftime("%H%M%S"),
+            )
+        if role == "localizer":
+            series_spec = SeriesSpec(
+                **fields,
+                slices=1,
+                orientation=CORONAL,
+                slice_spacing=1.0,
+                image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+                extra=tags,
+            )
+            volume = None
+        elif role == "reformat":
+            series_spec = SeriesSpec(
+                **fields,
+                slices=8,
+                orientation=CORONAL,
+                slice_spacing=3.0,
+                origin=(-175.0, -40.0, -60.0),
+                image_type=("DERIVED", "SECONDARY", "REFORMATTED"),
+                extra=tags,
+            )
+            volume = None
+        else:
+            thickness = float(extra["thickness"])
+            slices = round(length_mm / thickness)
+            series_spec = SeriesSpec(
+                **fields,
+                slices=slices,
+                slice_spacing=thickness,
+                origin=(-175.0, -175.0, -100.0),
+                extra=tags,
+            )
+            volume = phantom_hu(slices, size, size, seed=seed, tumour_hu=PHASE_TUMOUR_HU[str(phase)])
+        paths = write_series(series_spec, directory / role, volume)
+        written[role] = StudySeries(role, number, series_uid, paths)
+    if dose_report:
+        written["dose_report"] = _dose_report(directory / "dose_report", study_uid, patient_id, style, start)
+    return written
+
+
+def _dose_report(
+    directory: Path, study_uid: str, patient_id: str, style: VendorStyle, when: dt.datetime
+) -> StudySeries:
+    """A minimal X-Ray Radiation Dose SR header: what scanners send along; the gateway ignores it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid(entropy_srcs=[study_uid, "dose"])
+    sop_uid = UID(generate_uid(entropy_srcs=[series_uid, "0"]))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DOSE_REPORT_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = DOSE_REPORT_SOP_CLASS
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = "SR"
+    ds.SeriesNumber = 997
+    ds.SeriesDescription = "Dose Report"
+    ds.Manufacturer = style.manufacturer
+    ds.PatientID = patient_id
+    ds.PatientName = "Synthetic^Patient"
+    ds.StudyDate = ds.ContentDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.ContentTime = when.strftime("%H%M%S")
+    ds.ValueType = "CONTAINER"
+    path = directory / f"{sop_uid}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return StudySeries("dose_report", 997, series_uid, [path])

@@ -56,7 +56,7 @@ def jobs_show(
     job_id: Annotated[int, typer.Argument(help="Job id, as in `tace jobs list`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show one job: its series, timeline, error and prediction."""
+    """Show one job: its study, the phase decision per series, timeline, error and prediction."""
     from tace.app.admin import job_detail, state_words
     from tace.db import session_scope
 
@@ -79,6 +79,18 @@ def jobs_show(
         typer.echo(f"  error    {job.error}")
     if detail.superseded_by_id:
         typer.echo(f"  superseded by job {detail.superseded_by_id}")
+    if detail.predecessor_job_id:
+        typer.echo(f"  replaces job {detail.predecessor_job_id} (its SR is withdrawn when this one is sent)")
+    if detail.no_sr_reason and detail.no_sr_reason != job.error:
+        typer.echo(f"  no SR    {detail.no_sr_reason}")
+    if detail.series_decisions:
+        typer.echo("  series of the study (phase, confidence: evidence -> use)")
+        for s in detail.series_decisions:
+            number = "?" if s.series_number is None else s.series_number
+            phase = f"{s.phase or '-'}, {s.confidence or '-'}: {s.evidence or '-'}"
+            typer.echo(
+                f"    {number:>4} {s.series_description or '(no description)'!r:<28} {phase} -> {s.reason}"
+            )
     typer.echo("  timeline")
     for event in detail.events:
         suffix = f"  {event.detail}" if event.detail else ""
