@@ -97,8 +97,9 @@ def align(volumes: Sequence[tuple[str, SeriesVolume]], reference: str, *, min_sl
         weight = weight.astype(np.float32)[:, None, None]
         channels.append(stack[lower] * (1 - weight) + stack[upper] * weight)
         if len(volume.headers) == len(volume.hu):
-            used = sorted({int(order[i]) for i in np.concatenate([lower, upper])})
-            evidence.extend(volume.headers[i] for i in used)
+            flat = weight[:, 0, 0]
+            contributing = np.concatenate([lower[flat < 1], upper[flat > 0]])
+            evidence.extend(volume.headers[i] for i in sorted({int(order[j]) for j in contributing}))
         else:
             evidence.extend(volume.headers)
     hu = np.stack(channels, axis=1).astype(np.float32)

@@ -1,0 +1,80 @@
+"""The IOCM rejection note that withdraws a superseded SR: valid, titled, and referencing that SR."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pydicom
+
+from tests.support.services import require_tool
+from worker.rejection import build_rejection, rejection_uid
+from worker.sr import SrContent, build_sr, sr_identity
+from worker.volume import read_volume
+
+
+def _old_sr(ct_series) -> pydicom.Dataset:
+    volume = read_volume(ct_series(slices=4, rows=16, columns=16))
+    content = SrContent(0.7, "disease_control", "CLDCA", "demo-1", "ab" * 32, True, [])
+    sr = build_sr(volume.headers, content, sr_identity(volume.study_instance_uid, "demo-1", 1))
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def test_rejection_note_is_a_valid_kos_titled_rejected_for_quality_reasons(ct_series, tmp_path: Path) -> None:
+    dciodvfy = require_tool("dciodvfy")
+    old = _old_sr(ct_series)
+    data = build_rejection(old)
+    note = pydicom.dcmread(io.BytesIO(data))
+    again = pydicom.dcmread(io.BytesIO(build_rejection(old)))
+    assert again.SOPInstanceUID == note.SOPInstanceUID, "a redelivered send makes the same note"
+    assert again.SeriesInstanceUID == note.SeriesInstanceUID
+    assert note.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59"
+    assert note.SOPInstanceUID == rejection_uid(old.SOPInstanceUID)
+    assert note.StudyInstanceUID == old.StudyInstanceUID and note.PatientID == old.PatientID
+    title = note.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning) == (
+        "113001",
+        "DCM",
+        "Rejected for Quality Reasons",
+    )
+    referenced = note.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == old.SeriesInstanceUID
+    assert referenced.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old.SOPInstanceUID
+    path = tmp_path / "note.dcm"
+    path.write_bytes(data)
+    verify = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+    errors = [line for line in (verify.stdout + verify.stderr).splitlines() if line.startswith("Error")]
+    assert errors == []
+
+
+def test_a_superseding_sr_names_its_predecessor(ct_series, tmp_path: Path) -> None:
+    dciodvfy = require_tool("dciodvfy")
+    old = _old_sr(ct_series)
+    volume = read_volume(ct_series(slices=4, rows=16, columns=16))
+    content = SrContent(
+        0.4,
+        "progressive_disease",
+        "CLDCA",
+        "demo-1",
+        "ab" * 32,
+        True,
+        [],
+        inputs=("Used as portal venous phase: series 5 'PV 5mm'", "Not used: series 1 'Scout': localizer"),
+    )
+    new = build_sr(
+        volume.headers, content, sr_identity(volume.study_instance_uid, "demo-1", 2), previous=[old]
+    )
+    predecessor = new.PredecessorDocumentsSequence[0]
+    assert predecessor.StudyInstanceUID == old.StudyInstanceUID
+    item = predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert item.ReferencedSOPInstanceUID == old.SOPInstanceUID
+    path = tmp_path / "new.dcm"
+    new.save_as(path, enforce_file_format=True)
+    verify = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+    errors = [line for line in (verify.stdout + verify.stderr).splitlines() if line.startswith("Error")]
+    assert errors == []
+    dump = subprocess.run([require_tool("dsrdump"), "+Pl", str(path)], capture_output=True, text=True).stdout
+    assert "Used as portal venous phase: series 5 'PV 5mm'" in dump
