@@ -384,7 +384,7 @@ VENDOR_STYLES: dict[str, VendorStyle] = {
         "Ultravist 370",
         "Topogramm  0.6  T20f",
         "Abdomen nativ  5.0  Br40",
-        "Arteriell  {t}  Br40",
+        "Arteriell  {t:.1f}  Br40",
         "Venös  5.0  Br40",
         "Spätphase  5.0  Br40",
         "Venös  3.0  Br40 COR",
@@ -395,7 +395,7 @@ VENDOR_STYLES: dict[str, VendorStyle] = {
         "OMNIPAQUE 350",
         "Scout",
         "NON CONTRAST 5mm",
-        "ARTERIAL {t}mm",
+        "ARTERIAL {t:g}mm",
         "PORTAL VENOUS 5mm",
         "DELAYED 5mm",
         "COR PV 3mm",
@@ -407,7 +407,7 @@ VENDOR_STYLES: dict[str, VendorStyle] = {
         "Iomeron 400",
         "Survey",
         "Pre-contrast 5mm",
-        "Arterial phase {t}mm",
+        "Arterial phase {t:g}mm",
         "Portal venous phase 5mm",
         "Delayed phase 5mm",
         "Coronal MPR",
@@ -418,7 +418,7 @@ VENDOR_STYLES: dict[str, VendorStyle] = {
         "IOPAMIRO 370",
         "Scanogram",
         "PLAIN 5.0 FC18",
-        "ART {t} FC18",
+        "ART {t:.1f} FC18",
         "PVP 5.0 FC18",
         "EQ 5.0 FC18",
         "MPR COR 3.0",
@@ -483,7 +483,7 @@ def liver_study(
         roles = ["arterial_thin", "arterial"] if phase == "arterial" else [phase]
         for role in roles:
             thickness = style.thin if role == "arterial_thin" else 5.0
-            name = getattr(style, phase).format(t=f"{thickness:g}")
+            name = getattr(style, phase).format(t=thickness)
             plan.append((role, numbers[role], name, {"phase": phase, "thickness": thickness}))
     if "portal_venous" in phases:
         plan.append(("reformat", 7, style.reformat, {"phase": "portal_venous"}))

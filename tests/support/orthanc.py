@@ -78,7 +78,10 @@ class Orthanc:
             return json.loads(response.read())
 
     def sr_instances(self) -> list[str]:
-        return list(self._post("/tools/find", {"Level": "Instance", "Query": {"Modality": "SR"}}))
+        return self.instances("SR")
+
+    def instances(self, modality: str) -> list[str]:
+        return list(self._post("/tools/find", {"Level": "Instance", "Query": {"Modality": modality}}))
 
     def instance_tags(self, instance: str) -> dict[str, Any]:
         return self._get(f"/instances/{instance}/simplified-tags")
