@@ -1,0 +1,68 @@
+"""The infer stage on a study job: only the chosen series are read, and phases that cannot be aligned are refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from listener.completion import CompletionPolicy, scan
+from listener.eligibility import EligibilityRules
+from listener.ingest import AssociationLedger, Ingestor
+from listener.study import StudyPolicy
+from tace.app.synthetic_ct import liver_study
+from tace.contract import ContractSource
+from tace.db import Job, JobState, session_scope
+from tace.storage import Storage
+from tests.support.contract import with_contract
+from worker.context import WorkerContext
+from worker.infer import run_infer
+
+
+def _ingest(engine: Engine, storage: Storage, paths: list[Path]) -> None:
+    ingestor = Ingestor(engine, storage, min_free_bytes=0)
+    ledger = AssociationLedger(association_id=None, calling_ae="TEST")
+    for path in paths:
+        staged = storage.staging_dir / path.name
+        shutil.copy(path, staged)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ingestor.store(
+            staged, sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID, ledger=ledger
+        ).ok
+    ledger.close()
+
+
+def test_phases_in_different_frames_of_reference_fail_the_job_with_the_reason(
+    make_settings, sqlite_engine: Engine, demo_checkpoint: Path, tmp_path: Path
+) -> None:
+    checkpoint = with_contract(
+        demo_checkpoint, tmp_path / "three.safetensors", {"phases": ["arterial", "portal_venous", "delayed"]}
+    )
+    settings = make_settings(
+        model_checkpoint=checkpoint, device="cpu", broker_url="memory://", required_features=[]
+    )
+    storage = Storage(settings.data_dir)
+    storage.ensure()
+    study = liver_study("siemens", tmp_path / "s", size=16, dose_report=False)
+    for path in study["delayed"].paths:
+        ds = pydicom.dcmread(path)
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.777"
+        ds.save_as(path)
+    _ingest(sqlite_engine, storage, [p for s in study.values() for p in s.paths])
+    policy = CompletionPolicy(
+        0.0, 0.0, EligibilityRules(min_slices=8), StudyPolicy(ContractSource(checkpoint))
+    )
+    scan(sqlite_engine, policy)
+    with session_scope(sqlite_engine) as session:
+        (job,) = session.exec(select(Job)).all()
+    assert job.id is not None
+    assert run_infer(WorkerContext(settings, sqlite_engine), job.id) == "failed"
+    with session_scope(sqlite_engine) as session:
+        failed = session.get(Job, job.id)
+        assert failed is not None and failed.state == JobState.failed
+        assert failed.error is not None
+        assert failed.error.startswith("volume: phases are not in one frame of reference (arterial ")
+        assert failed.error.endswith("delayed 1.2.826.0.1.3680043.10.777)")
