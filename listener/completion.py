@@ -24,6 +24,7 @@ from sqlmodel import Session
 
 from listener.eligibility import EligibilityRules, ineligibility
 from listener.study import StudyPolicy, evaluate_study, expire_waiting_studies
+from tace.contract import ContractError
 from tace.db import Association, AssociationOutcome, Series, SeriesAssociation, SeriesState, table, utcnow
 from tace.logging import get_logger, unit_of_work
 from tace.metrics import metric
@@ -146,6 +147,10 @@ def run_scanner(
             scan(engine, policy)
         except sa.exc.OperationalError as exc:
             log.warning("completion.database_unavailable", error=str(exc.orig or exc).splitlines()[0])
+        except ContractError as exc:
+            log.error(
+                "completion.contract_unreadable", error=str(exc), note="studies wait until it is readable"
+            )
         stop.wait(interval)
 
 

@@ -12,6 +12,7 @@ result is cached per file size and modification time).
 from __future__ import annotations
 
 import json
+import math
 import struct
 import threading
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ class ContractError(ValueError):
 class InputContract:
     phases: tuple[str, ...] = (ANY,)
     """Phases in channel order; ``("any",)``: one phase, any eligible series (legacy checkpoints)."""
-    slice_thickness_mm: tuple[float, float] = (2.0, 5.0)
+    slice_thickness_mm: tuple[float, float] = (0.0, math.inf)
+    """Closed range seen in training; ``inf``: no upper limit (JSON ``null``)."""
     min_slices: int = 1
 
     @property
@@ -45,7 +47,10 @@ class InputContract:
     def to_dict(self) -> dict[str, Any]:
         return {
             "phases": list(self.phases),
-            "slice_thickness_mm": list(self.slice_thickness_mm),
+            "slice_thickness_mm": [
+                self.slice_thickness_mm[0],
+                None if math.isinf(self.slice_thickness_mm[1]) else self.slice_thickness_mm[1],
+            ],
             "min_slices": self.min_slices,
         }
 
@@ -58,7 +63,8 @@ class InputContract:
         unknown = [p for p in phases if p not in (*KNOWN_PHASES, ANY)]
         if unknown or (ANY in phases and len(phases) > 1):
             raise ContractError(f"input contract names unknown phases {phases}")
-        low, high = (float(v) for v in data.get("slice_thickness_mm") or (2.0, 5.0))
+        low, high = data.get("slice_thickness_mm") or (0.0, None)
+        low, high = float(low), math.inf if high is None else float(high)
         return cls(phases, (low, high), int(data.get("min_slices") or 1))
 
 

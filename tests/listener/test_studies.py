@@ -136,7 +136,11 @@ def test_three_phase_contract_prefers_the_thickness_nearest_training_and_explain
 def test_missing_phase_waits_then_is_recorded_ineligible_naming_it(
     engine: Engine, storage: Storage, tmp_path: Path, demo_checkpoint: Path
 ) -> None:
-    checkpoint = with_contract(demo_checkpoint, tmp_path / "pv.safetensors", {"phases": ["portal_venous"]})
+    checkpoint = with_contract(
+        demo_checkpoint,
+        tmp_path / "pv.safetensors",
+        {"phases": ["portal_venous"], "slice_thickness_mm": [0, None], "min_slices": 1},
+    )
     study = liver_study("siemens", tmp_path / "s", size=16, phases=("non_contrast", "arterial", "delayed"))
     _ingest(engine, storage, _files(study))
     waiting = StudyPolicy(ContractSource(checkpoint), quiet_seconds=3600)

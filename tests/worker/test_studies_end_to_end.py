@@ -111,7 +111,11 @@ def test_four_vendor_studies_give_one_sr_each_from_the_portal_venous_series(gate
 def test_missing_phase_gives_no_sr_and_names_the_phase(
     gateway, tmp_path: Path, demo_checkpoint: Path
 ) -> None:
-    checkpoint = with_contract(demo_checkpoint, tmp_path / "pv.safetensors", {"phases": ["portal_venous"]})
+    checkpoint = with_contract(
+        demo_checkpoint,
+        tmp_path / "pv.safetensors",
+        {"phases": ["portal_venous"], "slice_thickness_mm": [0, None], "min_slices": 1},
+    )
     system = gateway(study_quiet_seconds=2)
     system.settings["model_checkpoint"] = checkpoint
     system.start_listener()

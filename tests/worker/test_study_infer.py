@@ -39,7 +39,13 @@ def test_phases_in_different_frames_of_reference_fail_the_job_with_the_reason(
     make_settings, sqlite_engine: Engine, demo_checkpoint: Path, tmp_path: Path
 ) -> None:
     checkpoint = with_contract(
-        demo_checkpoint, tmp_path / "three.safetensors", {"phases": ["arterial", "portal_venous", "delayed"]}
+        demo_checkpoint,
+        tmp_path / "three.safetensors",
+        {
+            "phases": ["arterial", "portal_venous", "delayed"],
+            "slice_thickness_mm": [0, None],
+            "min_slices": 1,
+        },
     )
     settings = make_settings(
         model_checkpoint=checkpoint, device="cpu", broker_url="memory://", required_features=[]
