@@ -28,8 +28,8 @@ from sqlalchemy.engine import Engine
 from hl7_clinical.features import ClinicalFeatures, FeatureValue, clinical_features
 from model.predictor import PredictionResult, Predictor
 from model.schema import SchemaError
-from worker.clinical_summary import summarize
 from worker.align import align
+from worker.clinical_summary import summarize
 from worker.sr import SrContent, SrIdentity, build_sr, sr_identity
 from worker.sr_demographics import sex_code
 from worker.volume import SeriesVolume, VolumeError, read_volume
@@ -171,6 +171,8 @@ def _sex_from_header(features: ClinicalFeatures, patient_sex: str | None) -> Non
             status="F",
             text=sex,
         )
+
+
 def _gather_phases(
     case: Case, features: ClinicalFeatures, timings: dict[str, float], start: float, pool: Executor | None
 ) -> Inputs | Refused:

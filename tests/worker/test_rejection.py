@@ -9,14 +9,17 @@ from pathlib import Path
 import pydicom
 
 from tests.support.services import require_tool
+from worker.clinical_summary import ClinicalSummary
 from worker.rejection import build_rejection, rejection_uid
 from worker.sr import SrContent, build_sr, sr_identity
 from worker.volume import read_volume
 
+NO_CLINICAL = ClinicalSummary(total=43, missing=(), used=())
+
 
 def _old_sr(ct_series) -> pydicom.Dataset:
     volume = read_volume(ct_series(slices=4, rows=16, columns=16))
-    content = SrContent(0.7, "disease_control", "CLDCA", "demo-1", "ab" * 32, True, [])
+    content = SrContent(0.7, "disease_control", "CLDCA", "demo-1", "ab" * 32, True, NO_CLINICAL)
     sr = build_sr(volume.headers, content, sr_identity(volume.study_instance_uid, "demo-1", 1))
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
@@ -61,7 +64,7 @@ def test_a_superseding_sr_names_its_predecessor(ct_series, tmp_path: Path) -> No
         "demo-1",
         "ab" * 32,
         True,
-        [],
+        NO_CLINICAL,
         inputs=("Used as portal venous phase: series 5 'PV 5mm'", "Not used: series 1 'Scout': localizer"),
     )
     new = build_sr(
