@@ -105,7 +105,10 @@ def test_four_vendor_studies_give_one_sr_each_from_the_portal_venous_series(gate
     )
     shown = _jobs_show(system, job_id)
     assert "series of the study (phase, confidence: evidence -> use)" in shown
-    assert "portal_venous, high: 70 s after contrast start -> used as portal venous phase" in shown
+    assert (
+        "portal_venous, high: acquired 70 s after Contrast/Bolus Start Time (0018,1042), "
+        "in the portal venous window [55, 110) s -> used as portal venous phase"
+    ) in shown
 
 
 def test_missing_phase_gives_no_sr_and_names_the_phase(
