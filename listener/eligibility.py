@@ -8,10 +8,12 @@ confident nonsense, so they are recorded as ineligible with the reason instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from listener.ingest import CT_SOP_CLASSES
 from tace.db import Instance, table
@@ -27,6 +29,14 @@ class EligibilityRules:
 def _is_primary_axial(image_type: str | None, plane: str | None) -> bool:
     parts = {p.strip().upper() for p in (image_type or "").split("\\")}
     return "ORIGINAL" in parts and "PRIMARY" in parts and "LOCALIZER" not in parts and plane == "axial"
+
+
+def _not_axial_original(rows: Sequence[Row[Any, Any, Any, Any]]) -> str:
+    """A reformat or derived series, in the words a radiologist uses for it."""
+    planes = sorted({r.plane or "unknown plane" for r in rows})
+    derived = any("DERIVED" in (r.image_type or "").upper() for r in rows)
+    kind = "DERIVED reformat" if derived else "series"
+    return f"{'/'.join(planes)} {kind}, no axial ORIGINAL/PRIMARY slices"
 
 
 def ineligibility(
@@ -56,6 +66,8 @@ def ineligibility(
     if localizers == len(ct_rows):
         return "localizer (scout) series"
     slices = sum(r.frames for r in ct_rows if _is_primary_axial(r.image_type, r.plane))
+    if slices == 0:
+        return _not_axial_original(ct_rows)
     if slices < rules.min_slices:
         return f"{slices} axial ORIGINAL/PRIMARY slice(s), {rules.min_slices} needed"
     return None

@@ -88,7 +88,7 @@ def test_vendor_study_gives_one_job_reading_portal_venous_and_says_why_not_the_r
     assert chosen[0]["reason"] == "used as portal venous phase"
     assert by_uid[study["localizer"].series_instance_uid]["reason"] == "localizer (scout) series"
     assert by_uid[study["reformat"].series_instance_uid]["reason"] == (
-        "0 axial ORIGINAL/PRIMARY slice(s), 8 needed"
+        "coronal DERIVED reformat, no axial ORIGINAL/PRIMARY slices"
     )
     assert (
         by_uid[study["arterial"].series_instance_uid]["reason"] == "arterial phase; portal venous preferred"

@@ -98,7 +98,10 @@ def test_four_vendor_studies_give_one_sr_each_from_the_portal_venous_series(gate
     assert "Not used: series 1 'Topogramm  0.6  T20f': localizer (scout) series" in text
     assert "Not used: series 3 'Arteriell  1.0  Br40': arterial phase; portal venous preferred" in text
     assert "Not used: series 4 'Arteriell  5.0  Br40': arterial phase; portal venous preferred" in text
-    assert "Not used: series 7 'Venös  3.0  Br40 COR': 0 axial ORIGINAL/PRIMARY slice(s), 8 needed" in text
+    assert (
+        "Not used: series 7 'Venös  3.0  Br40 COR': coronal DERIVED reformat, no axial ORIGINAL/PRIMARY slices"
+        in text
+    )
     pv = studies["siemens"]["portal_venous"].series_instance_uid
     job_id = next(
         j.id for j in system.jobs() if any(s["series_instance_uid"] == pv for s in j.selection["series"])
