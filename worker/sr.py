@@ -8,12 +8,14 @@ judged against, a one-line summary (the probability never shown as 1.000), the
 clinical-data status with the missing values counted and named in the schema's
 words, the values used with their observation dates and sources, and next to
 the research-use caveat the model's validated AUC with its CI (and DEMO for a
-model trained on synthetic data). Evidence is the source CT, whose patient and
-study attributes are made conformant first (:mod:`worker.sr_demographics`); the
-SR joins the CT's study in its own series, UNVERIFIED, with Contributing
-Equipment as IHE AI Results asks. UIDs derive from (series, model version, job
-generation), so a redelivered job regenerates the same SR and a PACS never
-holds two copies.
+model trained on synthetic data), and the series read per phase with every
+other series of the study and why it was not used. Evidence is the CT instances
+actually read, whose patient and study attributes are made conformant first
+(:mod:`worker.sr_demographics`); the SR joins the CT's study in its own series,
+UNVERIFIED, with Contributing Equipment as IHE AI Results asks, and names the
+SR it replaces (Predecessor Documents Sequence). UIDs derive from (study, model
+version, job generation): one SR series per study and model version, and a
+redelivered job regenerates the same SR, so a PACS never holds two copies.
 """
 
 from __future__ import annotations
