@@ -93,7 +93,9 @@ class Selection:
 
 
 def _words(phase: str) -> str:
-    return "contrast" if phase == ANY else phase.replace("_", " ")
+    if phase == ANY:
+        return "contrast"
+    return "non-contrast" if phase == "non_contrast" else phase.replace("_", " ")
 
 
 def _thickness(facts: SeriesFacts) -> float | None:
