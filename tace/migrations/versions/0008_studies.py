@@ -1,7 +1,7 @@
 """Studies, not series: phase decisions per series, study jobs, rejection-note deliveries.
 
 Revision ID: 0008_studies
-Revises: 0006_hl7_conflicts
+Revises: 0007_outcomes
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_studies"
-down_revision = "0006_hl7_conflicts"
+down_revision = "0007_outcomes"
 branch_labels = None
 depends_on = None
 
