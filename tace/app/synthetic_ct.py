@@ -361,6 +361,8 @@ def write_phase_study(
         )
         written[name] = write_series(spec, directory, volume)
     return written
+
+
 @dataclass(frozen=True)
 class VendorStyle:
     """How one vendor's scanners name and tag a triphasic liver study (from public protocol conventions)."""
