@@ -8,11 +8,12 @@ same study always gives the same answer and the answer can be explained.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from listener.phases import Phase, PhaseDecision, SeriesTags
-from tace.contract import ANY, InputContract
+from tace.contract import LEGACY, ModelInputContract, to_dict
+from tace.model_contract import ANY_PHASE as ANY
 
 LEGACY_PREFERENCE = (Phase.portal_venous, Phase.delayed, Phase.arterial, Phase.unknown)
 """One-phase checkpoints read the series the CLDCA paper's models saw most: portal venous first."""
@@ -61,7 +62,7 @@ class Selection:
     missing: tuple[str, ...]
     reference: str | None
     """The phase whose slice positions the others are resampled onto."""
-    contract: InputContract = field(default_factory=InputContract)
+    contract: ModelInputContract = LEGACY
 
     @property
     def ready(self) -> bool:
@@ -84,7 +85,7 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "contract": self.contract.to_dict(),
+            "contract": to_dict(self.contract),
             "phases": list(self.phases),
             "reference": self.reference,
             "missing": list(self.missing),
@@ -143,7 +144,7 @@ def _mm(value: float | None) -> str:
 
 
 def select(
-    series: Sequence[SeriesFacts], decisions: dict[str, PhaseDecision], contract: InputContract
+    series: Sequence[SeriesFacts], decisions: dict[str, PhaseDecision], contract: ModelInputContract
 ) -> Selection:
     """The series per contract phase (legacy: the best contrast series) and a reason for every series."""
     trained = contract.slice_thickness_mm
@@ -155,7 +156,7 @@ def select(
     winners: dict[str, SeriesFacts] = {}
     missing: list[str] = []
     legacy_phase: str | None = None
-    if contract.legacy:
+    if contract.any_phase:
         order = [str(p) for p in LEGACY_PREFERENCE]
         contrast_any = any(by_phase.get(p) for p in order)
         if not contrast_any:
@@ -197,7 +198,7 @@ def select(
         )
     reference = None
     if winners:
-        reference = ANY if contract.legacy else next(p for p in REFERENCE_PREFERENCE if p in winners)
+        reference = ANY if contract.any_phase else next(p for p in REFERENCE_PREFERENCE if p in winners)
     return Selection(contract.phases, tuple(choices), tuple(missing), reference, contract)
 
 
@@ -212,7 +213,7 @@ def _reason(
     phase: str | None,
     used_for: str | None,
     winners: dict[str, SeriesFacts],
-    contract: InputContract,
+    contract: ModelInputContract,
     legacy_phase: str | None,
 ) -> str:
     trained = contract.slice_thickness_mm
@@ -225,7 +226,7 @@ def _reason(
         return facts.ineligible_reason or "ineligible"
     if facts.slices < contract.min_slices:
         return f"{facts.slices} slice(s), the model needs {contract.min_slices}"
-    if contract.legacy:
+    if contract.any_phase:
         winner = winners.get(ANY)
         if winner is not None and phase == legacy_phase:
             return _why_not(facts, winner, trained)

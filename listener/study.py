@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from listener.phases import PhaseRules, SeriesTags, classify_study
 from listener.selection import Selection, SeriesFacts
 from listener.selection import select as select_series
-from tace.contract import ContractSource, InputContract
+from tace.contract import LEGACY, ContractSource, ModelInputContract
 from tace.db import Job, JobState, Series, SeriesState, Study, table, utcnow
 from tace.jobs import create_study_job
 from tace.logging import get_logger
@@ -37,8 +37,8 @@ class StudyPolicy:
     rules: PhaseRules = field(default_factory=PhaseRules.default)
     quiet_seconds: float = 600.0
 
-    def current_contract(self) -> InputContract:
-        return self.contract.current() if self.contract is not None else InputContract()
+    def current_contract(self) -> ModelInputContract:
+        return self.contract.current() if self.contract is not None else LEGACY
 
 
 def _facts(connection: Connection, study_id: int) -> list[SeriesFacts]:

@@ -120,6 +120,20 @@ def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def three_phase_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo checkpoint reading arterial, portal venous and delayed as its three channels."""
+    from model.contract import THREE_PHASES
+    from model.workflows import DemoRecipe, make_demo_checkpoint
+
+    path = tmp_path_factory.mktemp("checkpoint3") / "three-phase.safetensors"
+    recipe = DemoRecipe(
+        cases=24, slices=6, size=32, image_size=32, max_slices=8, epochs=3, phases=THREE_PHASES
+    )
+    make_demo_checkpoint(path, recipe=recipe)
+    return path
+
+
 @pytest.fixture
 def start_listener(data_dir: Path, tmp_path: Path) -> Iterator[Callable[..., ListenerProcess]]:
     """Start `tace listen` with the given settings (quick completion timers by default)."""

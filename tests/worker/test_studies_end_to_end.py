@@ -190,3 +190,28 @@ def test_late_phase_after_the_sr_gives_a_second_sr_naming_its_predecessor_and_wi
     assert events[0] == ("received", "study changed: series 5 'Portal venous phase 5mm' arrived")
     assert "withdrawn (IOCM rejection note) at 1 destination(s)" in (events[-1][1] or "")
     assert f"replaces job {first.id}" in _jobs_show(system, second.id)
+
+
+def test_a_three_phase_checkpoint_gets_one_sr_from_arterial_portal_venous_and_delayed(
+    gateway, tmp_path: Path, three_phase_checkpoint: Path
+) -> None:
+    system = gateway()
+    system.settings["model_checkpoint"] = three_phase_checkpoint
+    system.start_listener()
+    system.start_worker()
+    study = liver_study("ge", tmp_path / "ge", size=32)
+    _send(system, study)
+    job = system.wait_for_state("sent", timeout=240)
+    assert len(system.jobs()) == 1
+    chosen = {s["used_for"]: s["series_instance_uid"] for s in job.selection["series"] if s["used_for"]}
+    assert set(chosen) == {"arterial", "portal_venous", "delayed"}
+    (instance,) = system.orthanc.sr_instances()
+    path = system.orthanc.download(instance, tmp_path / "sr.dcm")
+    assert _evidence_series(pydicom.dcmread(path)) == set(chosen.values())
+    assert _dciodvfy_errors(path) == []
+    text = subprocess.run(
+        [require_tool("dsrdump"), "+U8", "+Pl", str(path)], capture_output=True, text=True
+    ).stdout
+    assert (
+        "Used as arterial phase: series " in text and "Used as delayed phase: series 6 'DELAYED 5mm'" in text
+    )

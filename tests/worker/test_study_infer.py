@@ -15,9 +15,8 @@ from listener.ingest import AssociationLedger, Ingestor
 from listener.study import StudyPolicy
 from tace.app.synthetic_ct import liver_study
 from tace.contract import ContractSource
-from tace.db import Job, JobState, session_scope
+from tace.db import Job, JobState, Prediction, session_scope
 from tace.storage import Storage
-from tests.support.contract import with_contract
 from worker.context import WorkerContext
 from worker.infer import run_infer
 
@@ -36,17 +35,9 @@ def _ingest(engine: Engine, storage: Storage, paths: list[Path]) -> None:
 
 
 def test_phases_in_different_frames_of_reference_fail_the_job_with_the_reason(
-    make_settings, sqlite_engine: Engine, demo_checkpoint: Path, tmp_path: Path
+    make_settings, sqlite_engine: Engine, three_phase_checkpoint: Path, tmp_path: Path
 ) -> None:
-    checkpoint = with_contract(
-        demo_checkpoint,
-        tmp_path / "three.safetensors",
-        {
-            "phases": ["arterial", "portal_venous", "delayed"],
-            "slice_thickness_mm": [0, None],
-            "min_slices": 1,
-        },
-    )
+    checkpoint = three_phase_checkpoint
     settings = make_settings(
         model_checkpoint=checkpoint, device="cpu", broker_url="memory://", required_features=[]
     )
@@ -72,3 +63,51 @@ def test_phases_in_different_frames_of_reference_fail_the_job_with_the_reason(
         assert failed.error is not None
         assert failed.error.startswith("volume: phases are not in one frame of reference (arterial ")
         assert failed.error.endswith("delayed 1.2.826.0.1.3680043.10.777)")
+
+
+def test_a_three_phase_study_is_predicted_from_its_three_chosen_series_only(
+    make_settings, sqlite_engine: Engine, three_phase_checkpoint: Path, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        model_checkpoint=three_phase_checkpoint, device="cpu", broker_url="memory://", required_features=[]
+    )
+    storage = Storage(settings.data_dir)
+    storage.ensure()
+    study = liver_study("philips", tmp_path / "p", size=16, dose_report=False)
+    _ingest(sqlite_engine, storage, [p for s in study.values() for p in s.paths])
+    policy = CompletionPolicy(
+        0.0, 0.0, EligibilityRules(min_slices=8), StudyPolicy(ContractSource(three_phase_checkpoint))
+    )
+    scan(sqlite_engine, policy)
+    with session_scope(sqlite_engine) as session:
+        (job,) = session.exec(select(Job)).all()
+    assert job.id is not None and job.selection is not None
+    chosen = {s["used_for"]: s["series_instance_uid"] for s in job.selection["series"] if s["used_for"]}
+    assert set(chosen) == {"arterial", "portal_venous", "delayed"}
+    assert chosen["portal_venous"] == study["portal_venous"].series_instance_uid
+    assert chosen["delayed"] == study["delayed"].series_instance_uid
+    assert run_infer(WorkerContext(settings, sqlite_engine), job.id) == "predicted"
+    with session_scope(sqlite_engine) as session:
+        prediction = session.exec(select(Prediction).where(Prediction.job_id == job.id)).one()
+    sr = pydicom.dcmread(storage.resolve(prediction.sr_path))
+    evidence = {
+        s.SeriesInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    }
+    assert evidence == set(chosen.values()), "the instances read, from the three chosen series only"
+    texts = [item.TextValue for item in _walk(sr) if "TextValue" in item]
+    (inputs,) = [t for t in texts if t.startswith("Used as ")]
+    lines = inputs.split("\r\n")
+    assert [line.split(":")[0] for line in lines[:3]] == [
+        "Used as arterial phase",
+        "Used as portal venous phase",
+        "Used as delayed phase",
+    ]
+    assert "Not used: series 1 'Survey': localizer (scout) series" in lines
+
+
+def _walk(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    items = []
+    for item in dataset.get("ContentSequence", []):
+        items.append(item)
+        items.extend(_walk(item))
+    return items
