@@ -16,7 +16,7 @@ import torch
 from model.calibration import CalibrationMethod
 from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from model.config import CLDCAConfig, PreprocessConfig, Variant
-from model.contract import LEGACY_PHASES, InputContract
+from model.contract import LEGACY_PHASES, THREE_PHASES, InputContract
 from model.data import Manifest, UnitConverter, VolumeLoader, load_cached_volume, read_manifest
 from model.device import resolve_device
 from model.drift import training_distribution
@@ -377,8 +377,11 @@ class DemoRecipe:
     min_epochs: int = 20
     calibration: CalibrationMethod | None = CalibrationMethod.platt
     """Class-weighted training leaves probabilities off the event rate; the SR shows them."""
-    phases: tuple[str, ...] = LEGACY_PHASES
-    """Input channels: several phases train on ``make_phase_cohort`` (signal in the enhancement)."""
+    phases: tuple[str, ...] = THREE_PHASES
+    """Input channels: the paper's three phases, trained on ``make_phase_cohort`` (signal in the
+    enhancement pattern); ``LEGACY_PHASES`` trains a single-series model on ``make_cohort``."""
+    clinical_weight: float = 1.0
+    """How much the labs decide the synthetic outcome, against 1.0 for the image."""
 
 
 def make_demo_checkpoint(
@@ -403,7 +406,14 @@ def make_demo_checkpoint(
         calibration=recipe.calibration,
     )
     make = make_cohort if recipe.phases == LEGACY_PHASES else make_phase_cohort
-    cohort = make(recipe.cases, seed=recipe.seed, slices=recipe.slices, size=recipe.size, schema=schema)
+    cohort = make(
+        recipe.cases,
+        seed=recipe.seed,
+        slices=recipe.slices,
+        size=recipe.size,
+        clinical_weight=recipe.clinical_weight,
+        schema=schema,
+    )
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         data = read_manifest(write_cohort(cohort, Path(tmp), schema), schema, phases=recipe.phases)

@@ -111,11 +111,18 @@ def ct_series(tmp_path: Path) -> Callable[..., list[Path]]:
 
 @pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo checkpoint made once per test session (32 px, few cases, few epochs)."""
+    """A small single-series demo checkpoint made once per test session (32 px, few cases and epochs).
+
+    Single-phase (any one series), so the single-series paths stay tested; `tace
+    model demo` makes the three-phase one.
+    """
+    from model.contract import LEGACY_PHASES
     from model.workflows import DemoRecipe, make_demo_checkpoint
 
     path = tmp_path_factory.mktemp("checkpoint") / "demo.safetensors"
-    recipe = DemoRecipe(cases=24, slices=6, size=32, image_size=32, max_slices=8, epochs=3)
+    recipe = DemoRecipe(
+        cases=24, slices=6, size=32, image_size=32, max_slices=8, epochs=3, phases=LEGACY_PHASES
+    )
     make_demo_checkpoint(path, recipe=recipe)
     return path
 

@@ -309,8 +309,11 @@ def test_demo_writes_a_flagged_checkpoint_from_imagenet_format_weights(
     )
     assert result.returncode == 0, result.stderr
     assert "held-out AUC" in result.stdout and "synthetic data" in result.stdout
+    assert "input: arterial + portal_venous + delayed (one per channel)" in result.stdout
     info = json.loads(tace("model", "info", str(out), "--json", data_dir=data_dir).stdout)
     assert info["demo"] is True and info["training"]["backbone_weights"] == str(weights)
+    assert info["input_contract"]["phases"] == ["arterial", "portal_venous", "delayed"]
+    assert info["input_contract"]["slice_thickness_mm"] == [5.0, 5.0]
 
 
 def test_bench_model_prints_the_ratio_to_a_bare_resnet(data_dir: Path) -> None:

@@ -283,7 +283,11 @@ def model_demo(
     epochs: Annotated[int, typer.Option()] = 60,
     image_size: Annotated[int, typer.Option()] = 128,
 ) -> None:
-    """Write a demo checkpoint trained quickly on synthetic data (flagged demo: true everywhere)."""
+    """Write a demo checkpoint trained quickly on synthetic data (flagged demo: true everywhere).
+
+    It reads arterial, portal venous and delayed phases as its three channels,
+    trained on synthetic studies whose signal is planted in the enhancement pattern.
+    """
     from model.workflows import DemoRecipe, make_demo_checkpoint
     from tace.app.cli.progress import progress_bars
 
@@ -301,6 +305,7 @@ def model_demo(
         f"demo checkpoint {path}: held-out AUC {held_out['auc']:.3f} (95% CI {auc['low']:.3f}-"
         f"{auc['high']:.3f}) on {held_out['n']} synthetic cases, threshold {meta.threshold:.3f}"
     )
+    typer.echo(f"input: {meta.input_contract.describe()}")
     for warning in meta.warnings:
         typer.echo(f"WARNING: {warning}")
     typer.echo("DEMO weights trained on synthetic data: research use only, no clinical meaning.")
