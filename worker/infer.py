@@ -143,13 +143,14 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
         job.case, labs=ctx.engine, predictor=ctx.predictor, labs_rule=rule, decode_pool=ctx.decode_pool
     )
     if isinstance(result, pipeline.LabsMissing):
-        names = ", ".join(result.missing)
+        definitions = ctx.predictor.meta.schema.by_name()
+        names = ", ".join(definitions[name].label if name in definitions else name for name in result.missing)
         why = explain_missing_labs(
             ctx.engine,
             patient_id=job.case.patient_id,
             issuer=job.case.issuer,
             at=job.case.at,
-            definitions=ctx.predictor.meta.schema.by_name(),
+            definitions=definitions,
             features=result.missing,
             rules=IdentityRules.from_settings(settings),
         )

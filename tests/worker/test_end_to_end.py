@@ -129,7 +129,7 @@ def test_labs_arriving_after_the_ct_wake_the_waiting_job(gateway, ct_series) -> 
     _send_ct(system, ct_series(slices=12, rows=64, columns=64, patient_id="MRN5555"))
     waiting = system.wait_for_state("waiting_for_labs", timeout=120)
     assert waiting.error is None
-    expected = "waiting for labs: albumin (no labs received for this patient ID, under any issuer)"
+    expected = "waiting for labs: serum albumin (no labs received for this patient ID, under any issuer)"
     assert ("waiting_for_labs", expected) in system.events(waiting.id)
     time.sleep(10)
     assert str(system.job(waiting.id).state) == "waiting_for_labs"
@@ -155,7 +155,7 @@ def test_labs_under_an_authority_explain_the_wait_then_match_once_the_mapping_is
     _send_ct(system, ct_series(slices=12, rows=64, columns=64, patient_id="NC0001"))
     waiting = system.wait_for_state("waiting_for_labs", timeout=120)
     expected = (
-        "waiting for labs: albumin (no labs for this patient without an issuer; labs for the same patient "
+        "waiting for labs: serum albumin (no labs for this patient without an issuer; labs for the same patient "
         'ID exist under issuer HOSP (1 value(s); if they are the same patient, set TACE_HL7_AUTHORITY_ISSUERS="HOSP="))'
     )
     assert ("waiting_for_labs", expected) in system.events(waiting.id)
@@ -172,7 +172,7 @@ def test_labs_under_an_authority_explain_the_wait_then_match_once_the_mapping_is
         for line in (tmp_path / "worker.log").read_text().splitlines()
         if '"job.waiting_for_labs"' in line
     ]
-    assert logged and logged[-1]["why"] == expected.removeprefix("waiting for labs: albumin (")[:-1]
+    assert logged and logged[-1]["why"] == expected.removeprefix("waiting for labs: serum albumin (")[:-1]
     client = TestClient(
         create_app(Settings(data_dir=system.data_dir, api_token=SecretStr("t0ken")), system.engine)
     )

@@ -105,7 +105,7 @@ def test_after_the_deadline_fail_policy_fails_with_the_missing_names(
     )
     assert run_infer(context, stored_job) == "failed"
     assert _job(sqlite_engine, stored_job).error == (
-        "labs: missing after 0 s: albumin (no labs received for this patient ID, under any issuer)"
+        "labs: missing after 0 s: serum albumin (no labs received for this patient ID, under any issuer)"
     )
 
 
