@@ -180,6 +180,10 @@ class OutcomeImportReport:
         return len(self.problems or [])
 
 
+class _NotStored(Exception):
+    """A row whose insert was ignored: its transaction is rolled back and the row reported."""
+
+
 def _csv_row(
     row: Mapping[str, str | None], default_issuer: str | None
 ) -> tuple[str, str | None, dt.date | None, dt.date, str]:
@@ -247,40 +251,50 @@ def import_outcomes_csv(
             patient_hash = phi.patient_hash(patient_id, issuer)
             phi.protect(patient_id)
             key = f"csv:{assessed.isoformat()}"
-            with engine.begin() as connection:
-                current = connection.execute(
-                    sa.select(outcomes.c.id, outcomes.c.response, outcomes.c.tace_date).where(
-                        outcomes.c.patient_hash == patient_hash,
-                        outcomes.c.outcome_key == key,
-                        outcomes.c.superseded_at.is_(None),
+            try:
+                with engine.begin() as connection:
+                    current = connection.execute(
+                        sa.select(outcomes.c.id, outcomes.c.response, outcomes.c.tace_date).where(
+                            outcomes.c.patient_hash == patient_hash,
+                            outcomes.c.outcome_key == key,
+                            outcomes.c.superseded_at.is_(None),
+                        )
+                    ).first()
+                    if current is not None and (current.response, current.tace_date) == (response, tace):
+                        report.unchanged += 1
+                        continue
+                    now = utcnow()
+                    if current is not None:
+                        supersede(connection, patient_hash, key, now)
+                    # The same file name and line hold other patients' rows in next month's export,
+                    # so the source names the row's patient, assessment and arrival, not only its place.
+                    fingerprint = hashlib.sha256(
+                        f"{patient_hash}|{assessed}|{response}|{tace}|{now.isoformat()}".encode()
+                    ).hexdigest()[:16]
+                    stored = insert_ignore(
+                        connection,
+                        outcomes,
+                        {
+                            "patient_id": patient_id,
+                            "issuer_of_patient_id": issuer,
+                            "patient_hash": patient_hash,
+                            "tace_date": tace,
+                            "assessed_on": assessed,
+                            "response": response,
+                            "result_status": "C" if current is not None else "F",
+                            "source_kind": "csv",
+                            "source_id": f"{path.name[:120]}:{line}:{fingerprint}",
+                            "outcome_key": key,
+                            "received_at": now,
+                            "link_state": "unmatched",
+                        },
                     )
-                ).first()
-                if current is not None and (current.response, current.tace_date) == (response, tace):
-                    report.unchanged += 1
-                    continue
-                now = utcnow()
-                if current is not None:
-                    supersede(connection, patient_hash, key, now)
-                fingerprint = hashlib.sha256(f"{response}|{tace}".encode()).hexdigest()[:8]
-                insert_ignore(
-                    connection,
-                    outcomes,
-                    {
-                        "patient_id": patient_id,
-                        "issuer_of_patient_id": issuer,
-                        "patient_hash": patient_hash,
-                        "tace_date": tace,
-                        "assessed_on": assessed,
-                        "response": response,
-                        "result_status": "C" if current is not None else "F",
-                        "source_kind": "csv",
-                        "source_id": f"{path.name[:120]}:{line}:{fingerprint}",
-                        "outcome_key": key,
-                        "received_at": now,
-                        "link_state": "unmatched",
-                    },
-                )
-                relink(connection, window, patient_hash)
+                    if not stored:
+                        raise _NotStored(f"line {line}: not stored: an outcome with the same source exists")
+                    relink(connection, window, patient_hash)
+            except _NotStored as exc:
+                report.problems.append(str(exc))
+                continue
             if current is not None:
                 report.changed += 1
             else:

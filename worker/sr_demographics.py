@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from tace.logging import get_logger
 
@@ -48,7 +49,11 @@ def _text(header: Dataset, keyword: str) -> str:
     """The value as text, decoded here so pydicom never validates it: its warnings quote the value."""
     element: DataElement | RawDataElement = header.get_item(keyword)
     if not isinstance(element, RawDataElement):
-        return "" if element.value is None else str(element.value).strip()
+        if element.value is None:
+            return ""
+        if isinstance(element.value, MultiValue):
+            return "\\".join(str(part) for part in element.value).strip()
+        return str(element.value).strip()
     if not element.value:
         return ""
     encodings = convert_encodings(header.get("SpecificCharacterSet") or "ISO_IR 6")

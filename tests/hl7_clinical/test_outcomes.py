@@ -94,6 +94,25 @@ def test_csv_import_reports_bad_rows_by_line_and_a_reimport_changes_nothing(
     assert [(r.response, r.superseded_at is None) for r in _rows(engine)] == [("PD", False), ("SD", True)]
 
 
+def test_next_months_export_with_other_patients_on_the_same_lines_keeps_every_outcome(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A monthly export reuses file name and line numbers for other patients, and a value can
+    be corrected back to what it was; each must be stored, not ignored as a repeat."""
+    header = "patient_id,issuer,assessment_date,response\n"
+    january = _csv(tmp_path / "outcomes.csv", header + "P1,HOSP,2026-01-05,PD\n")
+    assert import_outcomes_csv(engine, january, default_issuer=None, window=WINDOW).added == 1
+    february = _csv(tmp_path / "outcomes.csv", header + "P2,HOSP,2026-02-05,PD\n")
+    assert import_outcomes_csv(engine, february, default_issuer=None, window=WINDOW).added == 1
+    assert sorted(r.patient_id for r in _active(engine)) == ["P1", "P2"]
+
+    for response in ("SD", "PD"):
+        flip = _csv(tmp_path / "outcomes.csv", header + f"P2,HOSP,2026-02-05,{response}\n")
+        report = import_outcomes_csv(engine, flip, default_issuer=None, window=WINDOW)
+        assert (report.changed, report.problems) == (1, [])
+    assert sorted((r.patient_id, r.response) for r in _active(engine)) == [("P1", "PD"), ("P2", "PD")]
+
+
 def test_csv_without_required_columns_is_refused_whole(sqlite_engine: Engine, tmp_path: Path) -> None:
     path = _csv(tmp_path / "o.csv", "patient_id,assessment_date\nP1,2026-03-01\n")
     with pytest.raises(CsvError, match="missing column 'response'"):

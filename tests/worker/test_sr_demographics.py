@@ -110,6 +110,18 @@ CASES = {
         "R" * 64,
         "repaired: cut to 64 characters per component group",
     ),
+    "patient id read as two values": (
+        _set("PatientID", "A12\\B34"),
+        "PatientID",
+        "",
+        "dropped: longer than 64 characters or holds a backslash",
+    ),
+    "name read as two values": (
+        _set("PatientName", "Doe^John\\Roe^Jane"),
+        "PatientName",
+        "",
+        "dropped: holds a backslash",
+    ),
     "conformant header": (lambda ds: None, "PatientName", "Synthetic^Patient", None),
 }
 
