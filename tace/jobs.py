@@ -125,6 +125,9 @@ def _delivered_predecessor(session: Session, study_id: int, before: int) -> int 
     ).first()
 
 
+_DELIVERED = frozenset({JobState.predicted, JobState.sent, JobState.no_destination})
+
+
 def create_study_job(
     session: Session,
     *,
@@ -140,8 +143,9 @@ def create_study_job(
     Runs in the caller's transaction (the series completion that made the study
     ready: the outbox rule). ``error`` records a study that cannot be predicted
     (a phase the model needs never came) as a failed job, so lists and
-    `tace jobs show` say why it got no SR. An earlier job whose SR was delivered
-    becomes the predecessor: the new SR names it and withdraws it when sent.
+    `tace jobs show` say why it got no SR; such a job leaves an earlier predicted
+    or delivered job in place, as nothing replaces its SR. An earlier job whose SR
+    was delivered becomes the predecessor: the new SR names it and withdraws it when sent.
     """
     now = utcnow()
     failed = error is not None
@@ -169,6 +173,12 @@ def create_study_job(
     ).all()
     for previous in older:
         assert previous.id is not None
+        if failed and previous.state in _DELIVERED:
+            # No new SR will replace it, so the one in the PACS stays the study's answer.
+            continue
+        if failed and previous.state in _DELIVERED:
+            # No new SR will replace it, so the one in the PACS stays the study's answer.
+            continue
         previous.state = JobState.superseded
         previous.superseded_by_id = job.id
         previous.lease = None

@@ -15,6 +15,7 @@ from tace.jobs import (
     LeaseLost,
     claim,
     create_job,
+    create_study_job,
     finish,
     heartbeat,
     mark_published,
@@ -138,6 +139,37 @@ def test_a_new_generation_supersedes_the_live_job(engine: Engine) -> None:
     with pytest.raises(LeaseLost):
         finish(engine, lease, JobState.predicted)
     assert series is not None
+
+
+def test_a_study_that_can_no_longer_be_predicted_keeps_its_delivered_job(engine: Engine) -> None:
+    """A change that leaves the study unready records why, and withdraws nothing it cannot replace."""
+    series_id = add_series(engine)
+    with session_scope(engine) as session:
+        series = session.get(Series, series_id)
+        assert series is not None
+        study_id = series.study_id
+        delivered = create_study_job(
+            session, study_id=study_id, series_id=series_id, generation=1, selection={}, detail="ready"
+        )
+        delivered.state = JobState.sent
+    with session_scope(engine) as session:
+        failed = create_study_job(
+            session,
+            study_id=study_id,
+            series_id=series_id,
+            generation=2,
+            selection={},
+            detail="study changed",
+            error="study: no complete eligible portal venous series",
+        )
+    assert _job(engine, delivered.id).state == JobState.sent
+    assert _job(engine, failed.id).state == JobState.failed
+    with session_scope(engine) as session:
+        ready_again = create_study_job(
+            session, study_id=study_id, series_id=series_id, generation=3, selection={}, detail="ready"
+        )
+    assert _job(engine, delivered.id).state == JobState.superseded
+    assert _job(engine, delivered.id).superseded_by_id == ready_again.id
 
 
 def test_heartbeat_thread_keeps_the_lease_and_reports_loss(engine: Engine) -> None:
