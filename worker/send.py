@@ -90,11 +90,19 @@ def store_sr(settings: Settings, destination: Destination, path: Path) -> SendRe
             else "association rejected"
         )
         return SendResult(False, transient, None, reason)
+    if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
+        # The peer answered and takes none of what was proposed: a retry gets the same answer.
+        return SendResult(False, False, None, f"not accepted: the peer takes no SOP class {sop_class}")
     if not assoc.is_established:
         return SendResult(False, True, None, "association not established (peer unreachable or aborted)")
     try:
         response = assoc.send_c_store(path)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except ValueError as exc:
+        # pynetdicom's word for "the peer accepted no presentation context for this SOP
+        # class": a PACS that does not take, say, Key Object Selection will not on a retry.
+        assoc.abort()
+        return SendResult(False, False, None, f"not accepted: {exc}")
+    except (OSError, RuntimeError) as exc:
         assoc.abort()
         return SendResult(False, True, None, f"send failed: {exc.__class__.__name__}: {exc}")
     if assoc.is_established:
@@ -172,7 +180,7 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
             f"SR kept at {prediction.sr_path}",
         )
     predecessor = _predecessor(ctx, lease.job_id)
-    pending, permanent = [], []
+    pending, permanent, kept = [], [], []
     rejected = 0
     for destination in settings.destinations:
         name = str(destination)
@@ -180,9 +188,18 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
             ctx, lease, deliveries, destination, DeliveryKind.sr, path, prediction.sr_sop_instance_uid
         )
         if sr_done.state == DeliveryState.delivered and predecessor and name in predecessor.destinations:
-            note, note_uid = _rejection_note(ctx, predecessor)
-            sr_done = _deliver(ctx, lease, deliveries, destination, DeliveryKind.rejection, note, note_uid)
-            rejected += sr_done.state == DeliveryState.delivered
+            try:
+                note, note_uid = _rejection_note(ctx, predecessor)
+            except (OSError, InvalidDicomError) as exc:
+                kept.append((name, f"rejection note not built: {exc.__class__.__name__}"))
+                continue
+            note_done = _deliver(ctx, lease, deliveries, destination, DeliveryKind.rejection, note, note_uid)
+            rejected += note_done.state == DeliveryState.delivered
+            if note_done.state == DeliveryState.failed:
+                # The new SR is in the PACS; a note it refuses for good must not fail that job.
+                kept.append((name, note_done.detail))
+                continue
+            sr_done = note_done
         if sr_done.state == DeliveryState.retrying:
             pending.append((name, sr_done.detail, sr_done.attempts))
         elif sr_done.state == DeliveryState.failed:
@@ -205,6 +222,9 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
         if predecessor and rejected
         else ""
     )
+    if kept:
+        log.warning("send.rejection_not_delivered", destinations=[name for name, _ in kept])
+        withdrawn += "; previous SR NOT withdrawn at " + "; ".join(f"{name}: {why}" for name, why in kept)
     return StageResult(
         StageOutcome.sent,
         detail=f"SR {prediction.sr_sop_instance_uid} accepted by every destination{withdrawn}",

@@ -81,3 +81,32 @@ def test_a_superseding_sr_names_its_predecessor(ct_series, tmp_path: Path) -> No
     assert errors == []
     dump = subprocess.run([require_tool("dsrdump"), "+Pl", str(path)], capture_output=True, text=True).stdout
     assert "Used as portal venous phase: series 5 'PV 5mm'" in dump
+
+
+def test_a_pacs_that_takes_no_key_object_selection_refuses_the_note_for_good(
+    ct_series, tmp_path: Path
+) -> None:
+    """pynetdicom raises ValueError when the peer accepted no context for the SOP class; a
+    retry cannot change that, so the note's delivery is permanent, not retried for ever."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComprehensiveSRStorage
+
+    from tace.settings import Destination, Settings
+    from worker.send import store_sr
+
+    pacs = AE(ae_title="SRONLY")
+    pacs.add_supported_context(ComprehensiveSRStorage)
+    server = pacs.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)]
+    )
+    try:
+        port = server.socket.getsockname()[1]
+        note = tmp_path / "note.dcm"
+        note.write_bytes(build_rejection(_old_sr(ct_series)))
+        result = store_sr(
+            Settings(data_dir=tmp_path / "data"), Destination.parse(f"SRONLY@127.0.0.1:{port}"), note
+        )
+    finally:
+        server.shutdown()
+    assert (result.delivered, result.transient) == (False, False), result
+    assert "not accepted" in result.detail
