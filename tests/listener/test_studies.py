@@ -7,7 +7,6 @@ studies with storescu to a running gateway and Orthanc).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from sqlmodel import select
 
 from listener.completion import CompletionPolicy, scan
 from listener.eligibility import EligibilityRules
-from listener.ingest import AssociationLedger, Ingestor
 from listener.study import StudyPolicy
 from tace.app.synthetic_ct import VENDOR_STYLES, StudySeries, liver_study
 from tace.contract import ContractSource
@@ -36,19 +34,7 @@ from tace.db import (
 )
 from tace.storage import Storage
 from tests.support.contract import with_contract
-
-
-def _ingest(engine: Engine, storage: Storage, paths: list[Path]) -> None:
-    ingestor = Ingestor(engine, storage, min_free_bytes=0)
-    ledger = AssociationLedger(association_id=None, calling_ae="TEST")
-    for path in paths:
-        staged = storage.staging_dir / path.name
-        shutil.copy(path, staged)
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        assert ingestor.store(
-            staged, sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID, ledger=ledger
-        ).ok
-    ledger.close()
+from tests.support.ingest import ingest_files
 
 
 def _files(study: dict[str, StudySeries], *roles: str) -> list[Path]:
@@ -78,7 +64,7 @@ def test_vendor_study_gives_one_job_reading_portal_venous_and_says_why_not_the_r
     vendor: str, sqlite_engine: Engine, storage: Storage, tmp_path: Path
 ) -> None:
     study = liver_study(vendor, tmp_path / vendor, size=16)
-    _ingest(sqlite_engine, storage, _files(study))
+    ingest_files(sqlite_engine, storage, _files(study))
     scan(sqlite_engine, _policy())
     (job,) = _jobs(sqlite_engine)
     assert job.selection is not None
@@ -114,7 +100,7 @@ def test_three_phase_contract_prefers_the_thickness_nearest_training_and_explain
         {"phases": ["arterial", "portal_venous", "delayed"], "slice_thickness_mm": [3, 5], "min_slices": 4},
     )
     study = liver_study("ge", tmp_path / "ge", size=16)
-    _ingest(sqlite_engine, storage, _files(study))
+    ingest_files(sqlite_engine, storage, _files(study))
     scan(sqlite_engine, _policy(StudyPolicy(ContractSource(checkpoint), quiet_seconds=3600)))
     (job,) = _jobs(sqlite_engine)
     assert job.selection is not None
@@ -142,7 +128,7 @@ def test_missing_phase_waits_then_is_recorded_ineligible_naming_it(
         {"phases": ["portal_venous"], "slice_thickness_mm": [0, None], "min_slices": 1},
     )
     study = liver_study("siemens", tmp_path / "s", size=16, phases=("non_contrast", "arterial", "delayed"))
-    _ingest(engine, storage, _files(study))
+    ingest_files(engine, storage, _files(study))
     waiting = StudyPolicy(ContractSource(checkpoint), quiet_seconds=3600)
     scan(engine, _policy(waiting))
     assert _jobs(engine) == []
@@ -183,7 +169,7 @@ def test_late_phase_after_the_sr_supersedes_with_a_predecessor_and_a_late_scout_
 ) -> None:
     full = liver_study("philips", tmp_path / "p", size=16)
     early = [p for role in ("localizer", "non_contrast", "arterial", "delayed") for p in full[role].paths]
-    _ingest(engine, storage, early)
+    ingest_files(engine, storage, early)
     scan(engine, _policy())
     (first,) = _jobs(engine)
     assert first.selection is not None
@@ -196,7 +182,7 @@ def test_late_phase_after_the_sr_supersedes_with_a_predecessor_and_a_late_scout_
     assert first.id is not None
     _deliver(engine, first.id)
 
-    _ingest(engine, storage, full["portal_venous"].paths)
+    ingest_files(engine, storage, full["portal_venous"].paths)
     scan(engine, _policy())
     old, new = _jobs(engine)
     assert (old.state, old.superseded_by_id) == (JobState.superseded, new.id)
@@ -205,7 +191,7 @@ def test_late_phase_after_the_sr_supersedes_with_a_predecessor_and_a_late_scout_
         details = [e.detail for e in session.exec(select(JobEvent).where(JobEvent.job_id == new.id))]
     assert details[0] == "study changed: series 5 'Portal venous phase 5mm' arrived"
 
-    _ingest(engine, storage, full["reformat"].paths)
+    ingest_files(engine, storage, full["reformat"].paths)
     scan(engine, _policy())
     assert len(_jobs(engine)) == 2, "a series the model does not read changes nothing"
 
@@ -214,12 +200,12 @@ def test_resent_series_with_other_pixels_is_a_study_change_the_same_bytes_are_no
     engine: Engine, storage: Storage, tmp_path: Path
 ) -> None:
     study = liver_study("canon", tmp_path / "c", size=16, dose_report=False)
-    _ingest(engine, storage, _files(study))
+    ingest_files(engine, storage, _files(study))
     scan(engine, _policy())
     (first,) = _jobs(engine)
     assert first.id is not None
     _deliver(engine, first.id)
-    _ingest(engine, storage, study["portal_venous"].paths)
+    ingest_files(engine, storage, study["portal_venous"].paths)
     scan(engine, _policy())
     assert len(_jobs(engine)) == 1, "a repeated send with identical bytes is no change"
 
@@ -229,7 +215,7 @@ def test_resent_series_with_other_pixels_is_a_study_change_the_same_bytes_are_no
     changed.PixelData = pixels.tobytes()
     replacement = tmp_path / "replacement.dcm"
     changed.save_as(replacement)
-    _ingest(engine, storage, [replacement])
+    ingest_files(engine, storage, [replacement])
     scan(engine, _policy())
     old, new = _jobs(engine)
     assert old.state == JobState.superseded and new.predecessor_job_id == first.id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pydicom
@@ -11,27 +10,14 @@ from sqlmodel import select
 
 from listener.completion import CompletionPolicy, scan
 from listener.eligibility import EligibilityRules
-from listener.ingest import AssociationLedger, Ingestor
 from listener.study import StudyPolicy
 from tace.app.synthetic_ct import liver_study
 from tace.contract import ContractSource
 from tace.db import Job, JobState, Prediction, session_scope
 from tace.storage import Storage
+from tests.support.ingest import ingest_files
 from worker.context import WorkerContext
 from worker.infer import run_infer
-
-
-def _ingest(engine: Engine, storage: Storage, paths: list[Path]) -> None:
-    ingestor = Ingestor(engine, storage, min_free_bytes=0)
-    ledger = AssociationLedger(association_id=None, calling_ae="TEST")
-    for path in paths:
-        staged = storage.staging_dir / path.name
-        shutil.copy(path, staged)
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        assert ingestor.store(
-            staged, sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID, ledger=ledger
-        ).ok
-    ledger.close()
 
 
 def test_phases_in_different_frames_of_reference_fail_the_job_with_the_reason(
@@ -48,7 +34,7 @@ def test_phases_in_different_frames_of_reference_fail_the_job_with_the_reason(
         ds = pydicom.dcmread(path)
         ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.10.777"
         ds.save_as(path)
-    _ingest(sqlite_engine, storage, [p for s in study.values() for p in s.paths])
+    ingest_files(sqlite_engine, storage, [p for s in study.values() for p in s.paths])
     policy = CompletionPolicy(
         0.0, 0.0, EligibilityRules(min_slices=8), StudyPolicy(ContractSource(checkpoint))
     )
@@ -74,7 +60,7 @@ def test_a_three_phase_study_is_predicted_from_its_three_chosen_series_only(
     storage = Storage(settings.data_dir)
     storage.ensure()
     study = liver_study("philips", tmp_path / "p", size=16, dose_report=False)
-    _ingest(sqlite_engine, storage, [p for s in study.values() for p in s.paths])
+    ingest_files(sqlite_engine, storage, [p for s in study.values() for p in s.paths])
     policy = CompletionPolicy(
         0.0, 0.0, EligibilityRules(min_slices=8), StudyPolicy(ContractSource(three_phase_checkpoint))
     )
