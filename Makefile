@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most tests wait on sockets and child processes, so more than the cores.
+TEST_PROCESSES ?= 3
 
 .PHONY: run test install install-dev lint format clean
 
@@ -33,7 +35,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 format: install-dev
 	$(BIN)/ruff format .

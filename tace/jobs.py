@@ -176,9 +176,6 @@ def create_study_job(
         if failed and previous.state in _DELIVERED:
             # No new SR will replace it, so the one in the PACS stays the study's answer.
             continue
-        if failed and previous.state in _DELIVERED:
-            # No new SR will replace it, so the one in the PACS stays the study's answer.
-            continue
         previous.state = JobState.superseded
         previous.superseded_by_id = job.id
         previous.lease = None

@@ -241,8 +241,10 @@ def _api_responses_to_a_file(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The scan runs once, in the process that reports: under pytest-xdist the workers' temp dirs
+    lie under the controller's, and a worker's exit status would not reach the summary."""
     factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is None:
+    if factory is None or hasattr(session.config, "workerinput"):
         return
     base = factory.getbasetemp()
     leaks = []

@@ -24,7 +24,18 @@ import pytest
 POSTGRES_ADMIN_URL = os.environ.get("TACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 T = TypeVar("T")
 
-REDIS_URL = os.environ.get("TACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+def _redis_url() -> str:
+    """The shared Redis database of this test process: one per pytest-xdist worker, as tests flush it."""
+    base = os.environ.get("TACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return base
+    prefix, _, database = base.rpartition("/")
+    return f"{prefix}/{(int(database or 0) + int(worker[2:])) % 16}"
+
+
+REDIS_URL = _redis_url()
 
 
 def services_required() -> bool:
@@ -99,7 +110,7 @@ def postgres_database() -> Iterator[str]:
 
 
 def shared_redis_url() -> str:
-    """The machine's Redis (database 15, flushed), for tests that need no outage."""
+    """The machine's Redis (this process's database, flushed), for tests that need no outage."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
