@@ -109,8 +109,12 @@ def create_job(session: Session, series_id: int, generation: int, detail: str | 
     return job
 
 
-def _delivered_predecessor(session: Session, study_id: int, before: int) -> int | None:
-    """The latest earlier job of the study whose SR reached at least one destination."""
+def delivered_predecessor(session: Session, study_id: int, before: int) -> int | None:
+    """The latest earlier job of the study whose SR reached at least one destination.
+
+    Asked when a job is created and again when it is sent: an earlier job's send
+    that was under way when this one was created may have delivered since.
+    """
     return session.exec(
         select(Job.id)
         .join(Delivery, col(Delivery.job_id) == Job.id)
@@ -123,6 +127,15 @@ def _delivered_predecessor(session: Session, study_id: int, before: int) -> int 
         .order_by(col(Job.id).desc())
         .limit(1)
     ).first()
+
+
+def refresh_predecessor(session: Session, job: Job) -> int | None:
+    """The job's predecessor as it stands now, recorded on the job if an earlier send delivered since."""
+    if job.study_id is not None and job.id is not None:
+        latest = delivered_predecessor(session, job.study_id, job.id)
+        if latest is not None and latest != job.predecessor_job_id:
+            job.predecessor_job_id = latest
+    return job.predecessor_job_id
 
 
 _DELIVERED = frozenset({JobState.predicted, JobState.sent, JobState.no_destination})
@@ -165,7 +178,7 @@ def create_study_job(
     if failed:
         _event(session, job.id, JobState.failed, Stage.infer, error)
     else:
-        job.predecessor_job_id = _delivered_predecessor(session, study_id, job.id)
+        job.predecessor_job_id = delivered_predecessor(session, study_id, job.id)
     older = session.exec(
         select(Job).where(
             col(Job.study_id) == study_id, Job.id != job.id, col(Job.state) != JobState.superseded

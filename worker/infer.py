@@ -21,7 +21,7 @@ from hl7_clinical.explain import explain_missing_labs
 from hl7_clinical.identity import IdentityRules
 from tace.db import Instance, Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
 from tace.display import probability_text
-from tace.jobs import Lease, mark_published
+from tace.jobs import Lease, mark_published, refresh_predecessor
 from tace.logging import get_logger
 from tace.metrics import metric
 from tace.queue import BrokerUnavailable
@@ -81,7 +81,7 @@ def _phases(
 
 
 def _predecessor(ctx: WorkerContext, session: Session, job: Job) -> Path | None:
-    if job.predecessor_job_id is None:
+    if refresh_predecessor(session, job) is None:
         return None
     previous = session.exec(select(Prediction).where(Prediction.job_id == job.predecessor_job_id)).first()
     if previous is None or previous.sr_path is None:

@@ -35,7 +35,7 @@ from tace.db import (
     table,
     utcnow,
 )
-from tace.jobs import Lease
+from tace.jobs import Lease, refresh_predecessor
 from tace.logging import get_logger
 from tace.metrics import metric
 from tace.settings import Destination, Settings
@@ -137,7 +137,7 @@ class _Predecessor:
 def _predecessor(ctx: WorkerContext, job_id: int) -> _Predecessor | None:
     with session_scope(ctx.engine) as session:
         job = session.get(Job, job_id)
-        if job is None or job.predecessor_job_id is None:
+        if job is None or refresh_predecessor(session, job) is None:
             return None
         old = session.exec(select(Prediction).where(Prediction.job_id == job.predecessor_job_id)).first()
         delivered = session.exec(
