@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from listener.eligibility import EligibilityRules, ineligibility
-from listener.study import StudyPolicy, evaluate_study, expire_waiting_studies
+from listener.study import StudyPolicy, evaluate_study, expire_waiting_studies, reselect_after_model_change
 from tace.contract import ContractError
 from tace.db import Association, AssociationOutcome, Series, SeriesAssociation, SeriesState, table, utcnow
 from tace.logging import get_logger, unit_of_work
@@ -137,6 +137,7 @@ def scan(engine: Engine, policy: CompletionPolicy) -> None:
         if outcome is not None:
             metric("series").labels(result=outcome.value).inc()
     expire_waiting_studies(engine, policy.study)
+    reselect_after_model_change(engine, policy.study)
 
 
 def run_scanner(

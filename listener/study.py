@@ -24,7 +24,7 @@ from listener.selection import Selection, SeriesFacts
 from listener.selection import select as select_series
 from tace.contract import LEGACY, ContractSource, ModelInputContract
 from tace.db import Job, JobState, Series, SeriesState, Study, table, utcnow
-from tace.jobs import create_study_job
+from tace.jobs import MODEL_CHANGED, create_study_job
 from tace.logging import get_logger
 
 log = get_logger("tace.listener.study")
@@ -227,3 +227,57 @@ def expire_waiting_studies(engine: Engine, policy: StudyPolicy) -> int:
             log.warning("study.ineligible", job_id=job.id, missing=list(selection.missing))
             expired += 1
     return expired
+
+
+def _refused_for_model_change(connection: Connection) -> list[int]:
+    """Studies whose latest job the worker refused because the checkpoint changed."""
+    job = table(Job)
+    latest = sa.select(sa.func.max(job.c.id)).where(job.c.study_id.is_not(None)).group_by(job.c.study_id)
+    rows = connection.execute(
+        sa.select(job.c.study_id).where(
+            job.c.id.in_(latest),
+            job.c.state == JobState.failed,
+            job.c.error.startswith(MODEL_CHANGED),
+        )
+    ).all()
+    return [row.study_id for row in rows]
+
+
+def reselect_after_model_change(engine: Engine, policy: StudyPolicy) -> int:
+    """Select again, for the checkpoint now configured, the studies the worker refused for the old one.
+
+    Without this such a study would wait for a series that may never come. One
+    that the new checkpoint cannot use (a phase it reads is missing) gets a
+    failed job naming the phase, like a study that went quiet without it.
+    """
+    with engine.connect() as connection:
+        refused = _refused_for_model_change(connection)
+    selected = 0
+    for study_id in refused:
+        with Session(engine) as session, session.begin():
+            connection = session.connection()
+            if study_id not in _refused_for_model_change(connection):
+                continue
+            if evaluate_study(session, study_id, policy) is not None:
+                selected += 1
+                continue
+            facts = _facts(connection, study_id)
+            if not facts or any(f.state == SeriesState.receiving for f in facts):
+                continue
+            selection = _classify(connection, facts, policy)
+            reason = f"study: {selection.missing_reason()} (for the checkpoint now configured); no SR"
+            create_study_job(
+                session,
+                study_id=study_id,
+                series_id=facts[0].series_id,
+                generation=_next_generation(connection, study_id),
+                selection=selection.to_dict(),
+                detail="the model changed and the study lacks a phase it reads",
+                error=reason,
+            )
+            connection.execute(
+                table(Study).update().where(table(Study).c.id == study_id).values(ineligible_reason=reason)
+            )
+    if selected:
+        log.info("study.reselected_after_model_change", studies=selected)
+    return selected

@@ -129,6 +129,11 @@ def delivered_predecessor(session: Session, study_id: int, before: int) -> int |
     ).first()
 
 
+MODEL_CHANGED = "study: the model changed"
+"""How a study job the worker refused because the checkpoint now reads other phases begins its error;
+the listener selects such studies again for the current checkpoint."""
+
+
 def refresh_predecessor(session: Session, job: Job) -> int | None:
     """The job's predecessor as it stands now, recorded on the job if an earlier send delivered since."""
     if job.study_id is not None and job.id is not None:

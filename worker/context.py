@@ -125,6 +125,7 @@ class WorkerContext:
     decode_pool: Executor = field(init=False)
     publisher: Publisher = field(init=False)
     _predictor: Predictor | None = field(default=None, init=False)
+    _loaded_from: tuple[Path, int, int] | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -134,10 +135,18 @@ class WorkerContext:
 
     @property
     def predictor(self) -> Predictor:
+        """The checkpoint's predictor, loaded again when the file is replaced.
+
+        The listener selects studies for the checkpoint on disk; a worker still
+        running the old one would refuse every study selected for the new one.
+        """
         with self._lock:
-            if self._predictor is None:
-                path = ensure_checkpoint(self.settings)
+            path = ensure_checkpoint(self.settings)
+            stat = path.stat()
+            source = (path, stat.st_size, stat.st_mtime_ns)
+            if self._predictor is None or source != self._loaded_from:
                 self._predictor = Predictor.load(path, device=self.settings.device)
+                self._loaded_from = source
                 meta = self._predictor.meta
                 log.info(
                     "model.loaded",

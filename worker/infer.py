@@ -21,7 +21,7 @@ from hl7_clinical.explain import explain_missing_labs
 from hl7_clinical.identity import IdentityRules
 from tace.db import Instance, Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
 from tace.display import probability_text
-from tace.jobs import Lease, mark_published, refresh_predecessor
+from tace.jobs import MODEL_CHANGED, Lease, mark_published, refresh_predecessor
 from tace.logging import get_logger
 from tace.metrics import metric
 from tace.queue import BrokerUnavailable
@@ -38,6 +38,8 @@ class _Job:
     created_at: dt.datetime
     study_instance_uid: str
     case: pipeline.Case
+    selected_for: tuple[str, ...] | None
+    """The phases of the contract the study was selected for; None: a job of one series."""
 
 
 def study_time(study: Study, series: Series) -> dt.datetime:
@@ -98,6 +100,7 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
         study = session.get(Study, series.study_id)
         assert study is not None
         selection = job.selection or {}
+        contract = selection.get("contract") or {}
         phases, reference = _phases(ctx, session, selection) if selection else ((), None)
         rules = IdentityRules.from_settings(ctx.settings)
         issuer = rules.issuer(study.issuer_of_patient_id)
@@ -105,7 +108,7 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
             paths=phases[0].paths if len(phases) == 1 else _paths(ctx, session, series.id or 0),
             phases=phases if len(phases) > 1 else (),
             reference=reference,
-            min_slices=int((selection.get("contract") or {}).get("min_slices", 1)),
+            min_slices=int(contract.get("min_slices", 1)),
             study_instance_uid=study.study_instance_uid,
             inputs_report=inputs_report(selection),
             predecessor=_predecessor(ctx, session, job),
@@ -117,7 +120,8 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
             lab_issuers=tuple(rules.lab_issuers(issuer)),
             patient_sex=study.patient_sex,
         )
-        return _Job(job.created_at, study.study_instance_uid, case)
+        selected_for = tuple(contract["phases"]) if "phases" in contract else None
+        return _Job(job.created_at, study.study_instance_uid, case, selected_for)
 
 
 def run_infer(ctx: WorkerContext, job_id: int) -> StageOutcome:
@@ -135,6 +139,14 @@ def run_infer(ctx: WorkerContext, job_id: int) -> StageOutcome:
 def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
     settings = ctx.settings
     job = _load(ctx, lease.job_id)
+    selected_for = job.selected_for
+    reads = ctx.predictor.meta.input_contract.phases
+    if selected_for is not None and selected_for != reads:
+        log.warning("job.model_changed", selected_for=list(selected_for), model_reads=list(reads))
+        return StageResult.failed(
+            f"{MODEL_CHANGED}: this study was selected for {', '.join(selected_for)}, the checkpoint now "
+            f"reads {', '.join(reads)}; the listener selects the study again for it"
+        )
     remaining = settings.labs_deadline_seconds - (utcnow() - job.created_at).total_seconds()
     rule = pipeline.LabsRule(
         settings.required_features, impute=remaining <= 0 and settings.labs_missing_policy == "impute"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pydicom
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
 from listener.completion import CompletionPolicy, scan
 from listener.eligibility import EligibilityRules
@@ -97,3 +98,73 @@ def _walk(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
         items.append(item)
         items.extend(_walk(item))
     return items
+
+
+def test_a_study_selected_for_a_replaced_checkpoint_is_selected_again_for_the_new_one(
+    make_settings,
+    sqlite_engine: Engine,
+    demo_checkpoint: Path,
+    three_phase_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    checkpoint = tmp_path / "model.safetensors"
+    shutil.copy(demo_checkpoint, checkpoint)
+    settings = make_settings(
+        model_checkpoint=checkpoint, device="cpu", broker_url="memory://", required_features=[]
+    )
+    storage = Storage(settings.data_dir)
+    storage.ensure()
+    full = liver_study("ge", tmp_path / "full", size=16, dose_report=False, patient_id="SYN0001")
+    venous = liver_study(
+        "ge",
+        tmp_path / "pv",
+        size=16,
+        dose_report=False,
+        patient_id="SYN0002",
+        seed=1,
+        phases=("portal_venous",),
+    )
+    ingest_files(
+        sqlite_engine, storage, [p for study in (full, venous) for s in study.values() for p in s.paths]
+    )
+    policy = CompletionPolicy(
+        0.0, 0.0, EligibilityRules(min_slices=8), StudyPolicy(ContractSource(checkpoint))
+    )
+    scan(sqlite_engine, policy)
+    with session_scope(sqlite_engine) as session:
+        first = {job.study_id: job for job in session.exec(select(Job)).all()}
+    assert len(first) == 2
+    ctx = WorkerContext(settings, sqlite_engine)
+    assert ctx.predictor.meta.input_contract.phases == ("any",)
+
+    shutil.copy(three_phase_checkpoint, checkpoint)
+    for job in first.values():
+        assert job.id is not None
+        assert run_infer(ctx, job.id) == "failed"
+    with session_scope(sqlite_engine) as session:
+        refused = session.get(Job, next(iter(first.values())).id)
+        assert refused is not None and refused.error is not None
+        assert refused.error.startswith("study: the model changed: this study was selected for any, ")
+        assert "the checkpoint now reads arterial, portal_venous, delayed" in refused.error
+
+    scan(sqlite_engine, policy)
+    with session_scope(sqlite_engine) as session:
+        latest = {
+            job.study_id: job
+            for job in session.exec(select(Job).order_by(col(Job.id))).all()
+            if job.id not in {j.id for j in first.values()}
+        }
+    assert set(latest) == set(first), "each study has one new job, and no more on the next scan"
+    full_job = next(job for job in latest.values() if job.error is None)
+    venous_job = next(job for job in latest.values() if job.error is not None)
+    assert full_job.id is not None and full_job.selection is not None
+    assert full_job.selection["phases"] == ["arterial", "portal_venous", "delayed"]
+    assert venous_job.state == JobState.failed
+    assert venous_job.error == (
+        "study: no complete eligible arterial or delayed series (the model needs arterial, portal venous, "
+        "delayed) (for the checkpoint now configured); no SR"
+    )
+    scan(sqlite_engine, policy)
+    with session_scope(sqlite_engine) as session:
+        assert len(session.exec(select(Job)).all()) == 4
+    assert run_infer(ctx, full_job.id) == "predicted"
