@@ -10,7 +10,8 @@ the rest. 200: all stored; 202: some failed; 409: none stored; 400: not a
 multipart body, or no part; 415: another media type.
 
 Who may send: peers inside ``allowed_peer_networks`` (403 otherwise) with the
-STOW bearer token (401 otherwise); TLS and client certificates via uvicorn.
+STOW bearer token (401 otherwise) or, when no token is configured, a client
+certificate from the configured CA, which the TLS handshake (uvicorn) demands.
 """
 
 from __future__ import annotations
@@ -41,10 +42,21 @@ SENDER = "STOW-RS"
 """What Instance.calling_ae records for instances received by DICOMweb."""
 
 
+def credential_problem(settings: Settings) -> str | None:
+    """Why the endpoint would take instances from anyone, or None."""
+    if not settings.stow_enabled:
+        return (
+            "STOW-RS senders need a credential: set TACE_STOW_TOKEN, or TACE_STOW_TLS_CERT, "
+            "TACE_STOW_TLS_KEY, TACE_STOW_TLS_CA and TACE_STOW_TLS_REQUIRE_CLIENT_CERT=true"
+        )
+    return None
+
+
 def create_stow_app(settings: Settings, engine: Engine) -> Starlette:
-    if settings.stow_token is None:
-        raise ValueError("TACE_STOW_TOKEN is not set: STOW-RS needs a token for its senders")
-    token = settings.stow_token.get_secret_value().encode()
+    problem = credential_problem(settings)
+    if problem is not None:
+        raise ValueError(problem)
+    token = settings.stow_token.get_secret_value().encode() if settings.stow_token is not None else None
     storage = Storage(settings.data_dir)
     ingestor = Ingestor(
         engine,
@@ -61,9 +73,7 @@ def create_stow_app(settings: Settings, engine: Engine) -> Starlette:
         if networks and not _inside(host, networks):
             log.warning("stow.network_refused", peer=host)
             return _problem(403, "peer address is not in TACE_ALLOWED_PEER_NETWORKS")
-        header = request.headers.get("authorization", "")
-        offered = header.removeprefix("Bearer ").strip().encode() if header.startswith("Bearer ") else b""
-        if not offered or not hmac.compare_digest(offered, token):
+        if token is not None and not _token_matches(request, token):
             return _problem(401, "missing or invalid token", {"WWW-Authenticate": "Bearer"})
         media, params = _content_type(request.headers.get("content-type", ""))
         if media != "multipart/related":
@@ -110,6 +120,12 @@ def create_stow_app(settings: Settings, engine: Engine) -> Starlette:
         Route("/dicomweb/studies/{study}", store, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+def _token_matches(request: Request, token: bytes) -> bool:
+    header = request.headers.get("authorization", "")
+    offered = header.removeprefix("Bearer ").strip().encode() if header.startswith("Bearer ") else b""
+    return bool(offered) and hmac.compare_digest(offered, token)
 
 
 def _inside(host: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

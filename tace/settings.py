@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     dicom_tls_ca: Path | None = None
     dicom_tls_require_client_cert: bool = False
     stow_port: Port = 8042
-    """STOW-RS (DICOMweb store) on ``bind_host``; `tace stow` serves it when ``stow_token`` is set."""
+    """STOW-RS (DICOMweb store) on ``bind_host``; served when ``stow_enabled``."""
     stow_token: SecretStr | None = None
     stow_max_part_bytes: int | None = Field(default=None, ge=1024)
     """Largest instance one multipart part may carry; unset: ``dicom_max_instance_bytes``."""
@@ -134,6 +134,22 @@ class Settings(BaseSettings):
     stow_tls_key: Path | None = None
     stow_tls_ca: Path | None = None
     stow_tls_require_client_cert: bool = False
+
+    @property
+    def stow_client_certificates(self) -> bool:
+        """Senders prove who they are by a certificate from our CA, which may replace the token."""
+        return bool(
+            self.stow_tls_require_client_cert
+            and self.stow_tls_ca
+            and self.stow_tls_cert
+            and self.stow_tls_key
+        )
+
+    @property
+    def stow_enabled(self) -> bool:
+        """STOW-RS runs only with a credential for its senders: a token or client certificates."""
+        return self.stow_token is not None or self.stow_client_certificates
+
     listener_processes: int = Field(default=1, ge=1, le=64)
     min_free_bytes: int = Field(default=2 * 1024**3, ge=0)
     min_slices: int = Field(default=16, ge=1)

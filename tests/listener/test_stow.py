@@ -34,7 +34,8 @@ def start_stow(data_dir: Path, tmp_path: Path) -> Iterator[Callable[..., StowPro
         settings.setdefault("stow_token", TOKEN)
         settings.setdefault("min_free_bytes", 0)
         settings.setdefault("log_format", "json")
-        stow = StowProcess(data_dir=data_dir, log=tmp_path / f"stow-{len(started)}.log", settings=settings)
+        given = {key: value for key, value in settings.items() if value is not None}
+        stow = StowProcess(data_dir=data_dir, log=tmp_path / f"stow-{len(started)}.log", settings=given)
         started.append(stow)
         return stow.start()
 
@@ -226,7 +227,31 @@ def test_stow_without_a_token_configured_stops_with_one_line(data_dir: Path) -> 
         tace_command("stow"), env=tace_env(data_dir=data_dir), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
-    assert "TACE_STOW_TOKEN" in result.stderr
+    assert "STOW-RS senders need a credential: set TACE_STOW_TOKEN, or TACE_STOW_TLS_CERT" in result.stderr
+
+
+def test_a_client_certificate_alone_is_a_credential_when_no_token_is_configured(
+    start_stow: Callable[..., StowProcess], ct_series: Callable[..., list[Path]], tmp_path: Path
+) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    stow = start_stow(
+        stow_token=None,
+        stow_tls_cert=certs.server_cert,
+        stow_tls_key=certs.server_key,
+        stow_tls_ca=certs.ca,
+        stow_tls_require_client_cert="true",
+    )
+    (file,) = ct_series(slices=1, rows=64, columns=64)
+    body, content_type = multipart([("application/dicom", file.read_bytes())])
+    url = f"https://127.0.0.1:{stow.port}/dicomweb/studies"
+    anonymous = ssl.create_default_context(cafile=certs.ca)
+    with pytest.raises(httpx.TransportError):
+        httpx.post(url, content=body, headers={"Content-Type": content_type}, verify=anonymous)
+    scanner = ssl.create_default_context(cafile=certs.ca)
+    scanner.load_cert_chain(certs.client_cert, certs.client_key)
+    response = httpx.post(url, content=body, headers={"Content-Type": content_type}, verify=scanner)
+    assert response.status_code == 200
+    assert set(_rows(stow)) == {_sop(file)}
 
 
 def test_a_body_cut_before_its_closing_boundary_is_400_and_the_finished_parts_stay_stored(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tace.settings import Destination, SettingsError, load_settings
+from tace.settings import Destination, Settings, SettingsError, load_settings
 
 
 def test_defaults_need_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,3 +91,17 @@ def test_empty_environment_values_mean_unset(monkeypatch: pytest.MonkeyPatch) ->
     settings = load_settings()
     assert settings.api_token is None and settings.model_checkpoint is None
     assert settings.default_issuer is None and settings.destinations == []
+
+
+def test_stow_runs_with_a_token_or_with_required_client_certificates_and_not_otherwise(
+    tmp_path: Path,
+) -> None:
+    certificates = {
+        "stow_tls_cert": tmp_path / "server.pem",
+        "stow_tls_key": tmp_path / "server.key",
+        "stow_tls_ca": tmp_path / "ca.pem",
+    }
+    assert not Settings(data_dir=tmp_path).stow_enabled
+    assert Settings(data_dir=tmp_path, stow_token="t").stow_enabled
+    assert not Settings(data_dir=tmp_path, **certificates).stow_enabled, "TLS without client certificates"
+    assert Settings(data_dir=tmp_path, stow_tls_require_client_cert=True, **certificates).stow_enabled

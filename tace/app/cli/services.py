@@ -169,18 +169,22 @@ def api(ctx: typer.Context) -> None:
 
 @app.command()
 def stow(ctx: typer.Context) -> None:
-    """Run the STOW-RS (DICOMweb store) endpoint on TACE_STOW_PORT (needs TACE_STOW_TOKEN; until stopped)."""
+    """Run the STOW-RS (DICOMweb store) endpoint on TACE_STOW_PORT until stopped.
+
+    Senders need TACE_STOW_TOKEN, or a client certificate from TACE_STOW_TLS_CA.
+    """
     import uvicorn
 
     from listener.staging import remove_dead_folders
-    from listener.stow import create_stow_app
+    from listener.stow import create_stow_app, credential_problem
     from tace.app import ports
     from tace.storage import Storage
 
     runtime = runtime_of(ctx)
     settings = runtime.settings
-    if settings.stow_token is None:
-        fail("TACE_STOW_TOKEN is not set: STOW-RS senders need a token")
+    problem = credential_problem(settings)
+    if problem is not None:
+        fail(problem)
     storage = Storage(settings.data_dir)
     storage.ensure()
     remove_dead_folders(storage.staging_dir)
@@ -223,7 +227,7 @@ def up(ctx: typer.Context) -> None:
         Service("worker", ("worker", "--name", "up@%h"), stop_seconds=120),
         Service("api", ("api",), settings.api_port, "TACE_API_PORT", stop_seconds=10),
     ]
-    if settings.stow_token is not None:
+    if settings.stow_enabled:
         services.append(Service("stow", ("stow",), settings.stow_port, "TACE_STOW_PORT", stop_seconds=10))
     check_ports(
         [
@@ -281,7 +285,7 @@ def print_banner(settings: Settings, checkpoint: Path, demo: bool, token: str) -
     """Where everything listens, then `ready` (scripts and tests wait for that word)."""
     flag = " DEMO model (synthetic training data)" if demo else ""
     stow_line = (
-        f"  STOW-RS  http://<host>:{settings.stow_port}/dicomweb/studies\n" if settings.stow_token else ""
+        f"  STOW-RS  http://<host>:{settings.stow_port}/dicomweb/studies\n" if settings.stow_enabled else ""
     )
     destinations = (
         ", ".join(str(d) for d in settings.destinations) or "none: SRs are kept on disk and listed by the API"
