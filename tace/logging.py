@@ -46,6 +46,7 @@ _NOISY_LOGGERS = {
     "uvicorn.access": logging.WARNING,
     "highdicom": logging.WARNING,
     "pydicom": logging.ERROR,
+    "dicomweb_client": logging.WARNING,
 }
 
 

@@ -17,8 +17,19 @@ from contextvars import ContextVar
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -32,6 +43,8 @@ CONFIG_ENV = "TACE_CONFIG"
 NOT_SETTINGS = frozenset({CONFIG_ENV, "TACE_REQUIRE_SERVICES"})
 """``TACE_`` variables that are not settings: the config file, and the test suite's switch."""
 _config_file: ContextVar[Path | None] = ContextVar("tace_config_file", default=None)
+_URL_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
+"""Credentials written into a URL; an error line that echoes the value shows them as ``***``."""
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -60,7 +73,9 @@ class Destination(BaseModel, frozen=True):
     def parse(cls, text: str) -> Destination:
         match = re.fullmatch(r"\s*([^@]+)@(\[[^\]]+\]|[^:@\s]+):(\d+)\s*", text)
         if not match:
-            raise ValueError(f"destination {text!r} is not of the form AE@host:port")
+            raise ValueError(
+                f"destination {text!r} is not of the form AE@host:port or an http(s):// DICOMweb URL"
+            )
         ae, host, port = match.groups()
         return cls(
             ae_title=_check_ae_title(ae, "destination AE title"),
@@ -70,6 +85,89 @@ class Destination(BaseModel, frozen=True):
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+DESTINATION_NAME_MAX = 128
+"""Delivery rows name their destination in a column of this width."""
+
+
+def _check_dicomweb_url(text: str) -> str:
+    """The service's base URL, as its name in deliveries: no credentials, no query, no trailing slash."""
+    url = text.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"destination {text!r} is not an http:// or https:// DICOMweb base URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"destination {parts.scheme}://{parts.hostname}{parts.path} carries credentials in the URL; "
+            "use TACE_DICOMWEB_TOKEN, TACE_DICOMWEB_USERNAME/PASSWORD or a token_file"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"destination {url!r}: a DICOMweb base URL has no query or fragment")
+    if len(url) > DESTINATION_NAME_MAX:
+        raise ValueError(f"destination {url!r} is longer than {DESTINATION_NAME_MAX} characters")
+    return url
+
+
+class DicomwebDestination(BaseModel, frozen=True, extra="forbid"):
+    """A DICOMweb service that receives our SRs by STOW-RS, written as its base URL.
+
+    The per-destination options (TOML tables or JSON objects only) override the
+    ``TACE_DICOMWEB_*`` settings, so two services can hold different credentials.
+    Secrets are named by file, never written in the destination list, which is
+    shown in logs and on the admin page.
+    """
+
+    url: str
+    token_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> DicomwebDestination:
+        return cls(url=_check_dicomweb_url(text))
+
+    @field_validator("url", mode="after")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        return _check_dicomweb_url(value)
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> DicomwebDestination:
+        if self.token_file is not None and self.username is not None:
+            raise ValueError(
+                f"destination {self.url}: give token_file (bearer) or username (basic), not both"
+            )
+        if self.password_file is not None and self.username is None:
+            raise ValueError(f"destination {self.url}: password_file needs a username")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError(f"destination {self.url}: tls_key needs tls_cert")
+        return self
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def _destination_kind(value: Any) -> str:
+    if isinstance(value, DicomwebDestination) or (isinstance(value, dict) and "url" in value):
+        return "dicomweb"
+    return "dimse"
+
+
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("dimse")] | Annotated[DicomwebDestination, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
+"""A DICOM peer (C-STORE) or a DICOMweb service (STOW-RS); ``str()`` names it in deliveries."""
+
+
+def parse_destination(text: str) -> Destination | DicomwebDestination:
+    if text.strip().lower().startswith(("http://", "https://")):
+        return DicomwebDestination.parse(text)
+    return Destination.parse(text)
 
 
 def default_data_dir() -> Path:
@@ -106,7 +204,7 @@ class Settings(BaseSettings):
     ae_title: str = "TACE"
     dicom_port: Port = 11112
     allowed_calling_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
+    destinations: Annotated[list[AnyDestination], NoDecode] = Field(default_factory=list)
     hl7_port: Port = 2575
     api_port: Port = 8080
     bind_host: str = "0.0.0.0"
@@ -181,6 +279,16 @@ class Settings(BaseSettings):
     )
     send_retry_max_seconds: float = Field(default=600.0, gt=0)
     dicom_send_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a C-STORE association or a STOW-RS request may stay silent before the send is retried."""
+    dicomweb_token: SecretStr | None = None
+    """Bearer token for DICOMweb destinations without credentials of their own."""
+    dicomweb_username: str | None = None
+    dicomweb_password: SecretStr | None = None
+    dicomweb_tls_cert: Path | None = None
+    """Client certificate (PEM) presented to HTTPS DICOMweb destinations."""
+    dicomweb_tls_key: Path | None = None
+    dicomweb_tls_ca: Path | None = None
+    """CA bundle that verifies HTTPS DICOMweb destinations; unset: the system's trust store."""
     worker_decode_threads: int = Field(default=4, ge=1, le=64)
     worker_decode_processes: int = Field(default=0, ge=0, le=256)
 
@@ -284,10 +392,34 @@ class Settings(BaseSettings):
     @field_validator("destinations", mode="before")
     @classmethod
     def _parse_destinations(cls, value: Any) -> Any:
+        """Comma-separated ``AE@host:port`` and DICOMweb URLs, or a JSON list (per-destination options)."""
+        if isinstance(value, str) and value.strip().startswith("["):
+            value = json.loads(value)
         items = _split_list(value)
         if isinstance(items, list):
-            return [Destination.parse(v) if isinstance(v, str) else v for v in items]
+            return [parse_destination(v) if isinstance(v, str) else v for v in items]
         return items
+
+    @field_validator("dicomweb_username", mode="after")
+    @classmethod
+    def _bearer_or_basic(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("dicomweb_token") is not None:
+            raise ValueError("set TACE_DICOMWEB_TOKEN (bearer) or TACE_DICOMWEB_USERNAME (basic), not both")
+        return value
+
+    @field_validator("dicomweb_password", mode="after")
+    @classmethod
+    def _password_needs_user(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and info.data.get("dicomweb_username") is None:
+            raise ValueError("needs TACE_DICOMWEB_USERNAME")
+        return value
+
+    @field_validator("dicomweb_tls_key", mode="after")
+    @classmethod
+    def _key_needs_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("dicomweb_tls_cert") is None:
+            raise ValueError("needs TACE_DICOMWEB_TLS_CERT")
+        return value
 
     @field_validator("outcome_link_max_weeks", mode="after")
     @classmethod
@@ -341,9 +473,14 @@ def _describe(error: ErrorDetails) -> str:
     message = str(error.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
+        if len(loc) > 1:
+            return f"{variable}: unknown option {loc[-1]!r}"
         return f"unknown setting {name!r}"
     value = error.get("input")
-    shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""
+    secret = name in Settings.model_fields and "SecretStr" in str(Settings.model_fields[name].annotation)
+    shown = ""
+    if isinstance(value, (str, int, float)) and not secret:
+        shown = "=" + _URL_USERINFO.sub(r"\1***@", repr(value))
     return f"{variable}{shown}: {message}"
 
 

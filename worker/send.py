@@ -1,4 +1,4 @@
-"""The send stage: C-STORE of the SR to every destination, with retries that make sense.
+"""The send stage: the SR to every destination (C-STORE, or STOW-RS), with retries that make sense.
 
 Connection failures, timeouts and 0xA7xx (out of resources) are transient: the
 job goes back to ``predicted`` with a backoff (and jitter, so a PACS coming back
@@ -38,23 +38,17 @@ from tace.db import (
 from tace.jobs import Lease, refresh_predecessor
 from tace.logging import get_logger
 from tace.metrics import metric
-from tace.settings import Destination, Settings
+from tace.settings import Destination, DicomwebDestination, Settings
 from tace.storage import atomic_write
 from worker.context import WorkerContext
+from worker.dicomweb_send import stow_instance
 from worker.rejection import build_rejection, rejection_uid
+from worker.send_result import SendResult
 from worker.stage import StageOutcome, StageResult, run_claimed
 
 log = get_logger("tace.worker.send")
 
 BASE_BACKOFF_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class SendResult:
-    delivered: bool
-    transient: bool
-    status: int | None
-    detail: str
 
 
 def classify(status: int) -> tuple[bool, bool]:
@@ -66,8 +60,10 @@ def classify(status: int) -> tuple[bool, bool]:
     return False, False
 
 
-def store_sr(settings: Settings, destination: Destination, path: Path) -> SendResult:
-    """One association, one C-STORE; never raises."""
+def store_sr(settings: Settings, destination: Destination | DicomwebDestination, path: Path) -> SendResult:
+    """One association, one C-STORE (or one STOW-RS request to a DICOMweb destination); never raises."""
+    if isinstance(destination, DicomwebDestination):
+        return stow_instance(settings, destination, path)
     ae = AE(ae_title=settings.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.dicom_send_timeout
     try:
@@ -242,7 +238,7 @@ def _deliver(
     ctx: WorkerContext,
     lease: Lease,
     deliveries: dict[tuple[str, DeliveryKind], Delivery],
-    destination: Destination,
+    destination: Destination | DicomwebDestination,
     kind: DeliveryKind,
     path: Path,
     sop_uid: str,

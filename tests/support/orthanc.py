@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import urllib.request
@@ -22,11 +23,18 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     dicomweb_servers: dict[str, dict[str, Any]] | None = None
-    """With servers, the DICOMweb plugin is loaded and can STOW-RS to them (``stow``)."""
+    """With servers (``{}`` for none), the DICOMweb plugin is loaded: it takes STOW-RS at
+    ``dicomweb_url`` and can STOW-RS to the servers (``stow``)."""
+    users: dict[str, str] | None = None
+    """With users, HTTP (REST and DICOMweb) needs basic auth; this helper uses the first user."""
 
     @property
     def destination(self) -> str:
         return f"ORTHANC@127.0.0.1:{self.dicom_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def start(self) -> Orthanc:
         binary = require_tool("Orthanc", ORTHANC)
@@ -39,7 +47,8 @@ class Orthanc:
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
             "DicomAlwaysAllowStore": True,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users or {},
             "RemoteAccessAllowed": False,
             "DicomCheckCalledAet": False,
             "Plugins": [],
@@ -66,15 +75,23 @@ class Orthanc:
             self.process.wait(timeout=20)
             self.process = None
 
+    def _request(self, path: str, data: bytes | None = None) -> urllib.request.Request:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=data, method="GET" if data is None else "POST"
+        )
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            request.add_header(
+                "Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            )
+        return request
+
     def _get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+        with urllib.request.urlopen(self._request(path), timeout=10) as response:
             return json.loads(response.read())
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(self._request(path, json.dumps(body).encode()), timeout=10) as response:
             return json.loads(response.read())
 
     def sr_instances(self) -> list[str]:
@@ -87,18 +104,13 @@ class Orthanc:
         return self._get(f"/instances/{instance}/simplified-tags")
 
     def download(self, instance: str, target: Path) -> Path:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.http_port}/instances/{instance}/file", timeout=10
-        ) as response:
+        with urllib.request.urlopen(self._request(f"/instances/{instance}/file"), timeout=10) as response:
             target.write_bytes(response.read())
         return target
 
     def upload(self, file: Path) -> dict[str, Any]:
         """Store a DICOM file through the REST API (no DICOM association); returns Orthanc's ids."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/instances", data=file.read_bytes(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(self._request("/instances", file.read_bytes()), timeout=30) as response:
             return dict(json.loads(response.read()))
 
     def stow(self, server: str, resources: list[str]) -> Any:

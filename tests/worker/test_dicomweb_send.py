@@ -1,0 +1,139 @@
+"""STOW-RS of one SR: each answer an archive can give lands in C-STORE's retry classes.
+
+Against a scripted archive (tests/support/dicomweb_archive.py) that parses the
+multipart/related body and answers DICOM JSON, for the answers Orthanc never
+gives; Orthanc itself is the peer in test_dicomweb_orthanc.py.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydantic import SecretStr
+
+from tace.settings import DicomwebDestination, Settings, parse_destination
+from tests.support.dicomweb_archive import Answer, ScriptedArchive
+from tests.support.services import free_port
+from worker.clinical_summary import ClinicalSummary
+from worker.send import store_sr
+from worker.sr import SrContent, build_sr, sr_identity
+from worker.volume import read_volume
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+@pytest.fixture
+def sr_file(ct_series: Callable[..., list[Path]], tmp_path: Path) -> Path:
+    volume = read_volume(ct_series(slices=4, rows=16, columns=16))
+    content = SrContent(
+        0.7, "disease_control", "CLDCA", "demo-1", "ab" * 32, True, ClinicalSummary(43, (), ())
+    )
+    sr = build_sr(volume.headers, content, sr_identity(volume.study_instance_uid, "demo-1", 1))
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.fixture
+def archive() -> Iterator[ScriptedArchive]:
+    server = ScriptedArchive().start()
+    yield server
+    server.stop()
+
+
+def _uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+@pytest.mark.parametrize(
+    ("answer", "delivered", "transient", "status", "detail"),
+    [
+        (Answer(200), True, False, 0x0000, "HTTP 200 OK, stored"),
+        (Answer(202, reason=0xB000), True, False, 0xB000, "HTTP 202 Accepted, WarningReason 0xB000"),
+        (Answer(409, "failed", 0xA700), False, True, 0xA700, "HTTP 409 Conflict, FailureReason 0xA700"),
+        (Answer(202, "failed", 0xA7FE), False, True, 0xA7FE, "HTTP 202 Accepted, FailureReason 0xA7FE"),
+        (Answer(409, "failed", 0xA900), False, False, 0xA900, "HTTP 409 Conflict, FailureReason 0xA900"),
+        (Answer(409, "failed", 0xC000), False, False, 0xC000, "HTTP 409 Conflict, FailureReason 0xC000"),
+        (Answer(409, dicom_json=False), False, False, None, "HTTP 409 Conflict (the archive stored nothing)"),
+        (Answer(400, dicom_json=False), False, False, None, "HTTP 400 Bad Request"),
+        (Answer(403, dicom_json=False), False, False, None, "HTTP 403 Forbidden"),
+        (Answer(404, dicom_json=False), False, False, None, "HTTP 404 Not Found (no STOW-RS service"),
+        (Answer(415, dicom_json=False), False, False, None, "HTTP 415 Unsupported Media Type"),
+        (Answer(408, dicom_json=False), False, True, None, "HTTP 408 Request Timeout"),
+        (Answer(429, dicom_json=False), False, True, None, "HTTP 429 Too Many Requests"),
+        (Answer(500, dicom_json=False), False, True, None, "HTTP 500 Internal Server Error"),
+        (Answer(503, dicom_json=False), False, True, None, "HTTP 503 Service Unavailable"),
+        (Answer(200, listed=None), False, True, None, "neither stored nor failed"),
+    ],
+)
+def test_each_answer_is_delivered_retried_or_refused_like_a_c_store_status(
+    archive: ScriptedArchive,
+    sr_file: Path,
+    tmp_path: Path,
+    answer: Answer,
+    delivered: bool,
+    transient: bool,
+    status: int | None,
+    detail: str,
+) -> None:
+    archive.answer = answer
+    result = store_sr(Settings(data_dir=tmp_path / "data"), parse_destination(archive.url), sr_file)
+    assert (result.delivered, result.transient, result.status) == (delivered, transient, status), result
+    assert detail in result.detail
+    (request,) = archive.received
+    assert request.path == "/dicomweb/studies"
+    assert request.content_type.startswith('multipart/related; type="application/dicom"')
+    assert request.instances == [(COMPREHENSIVE_3D_SR, _uid(sr_file))]
+
+
+def test_a_bearer_token_is_sent_and_its_absence_is_a_permanent_401(
+    archive: ScriptedArchive, sr_file: Path, tmp_path: Path
+) -> None:
+    archive.token = "s3cret-t0ken"
+    destination = parse_destination(archive.url)
+    refused = store_sr(Settings(data_dir=tmp_path / "data"), destination, sr_file)
+    assert (refused.delivered, refused.transient) == (False, False)
+    assert refused.detail.startswith("HTTP 401 Unauthorized (no or wrong credentials")
+    accepted = store_sr(
+        Settings(data_dir=tmp_path / "data", dicomweb_token=SecretStr("s3cret-t0ken")), destination, sr_file
+    )
+    assert accepted.delivered, accepted
+    assert [r.authorization for r in archive.received] == ["Bearer s3cret-t0ken"]
+    assert "s3cret-t0ken" not in refused.detail + accepted.detail
+
+
+def test_a_destination_token_file_wins_over_the_global_token(
+    archive: ScriptedArchive, sr_file: Path, tmp_path: Path
+) -> None:
+    archive.token = "from-the-file"
+    token_file = tmp_path / "token"
+    token_file.write_text("from-the-file\n")
+    destination = DicomwebDestination(url=archive.url, token_file=token_file)
+    settings = Settings(data_dir=tmp_path / "data", dicomweb_token=SecretStr("global"))
+    assert store_sr(settings, destination, sr_file).delivered
+    unreadable = store_sr(settings, DicomwebDestination(url=archive.url, token_file=tmp_path / "gone"), sr_file)
+    assert (unreadable.delivered, unreadable.transient) == (False, False)
+    assert unreadable.detail == f"token file {tmp_path / 'gone'} unreadable: No such file or directory"
+    assert len(archive.received) == 1, "nothing is sent without the credentials"
+
+
+def test_an_archive_that_does_not_answer_in_time_is_retried(
+    archive: ScriptedArchive, sr_file: Path, tmp_path: Path
+) -> None:
+    archive.answer = Answer(200, delay=3)
+    settings = Settings(data_dir=tmp_path / "data", dicom_send_timeout=1)
+    result = store_sr(settings, parse_destination(archive.url), sr_file)
+    assert (result.delivered, result.transient, result.detail) == (False, True, "no answer within 1 s")
+
+
+def test_nothing_listening_is_retried(sr_file: Path, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    result = store_sr(Settings(data_dir=tmp_path / "data"), parse_destination(url), sr_file)
+    assert (result.delivered, result.transient) == (False, True)
+    assert result.detail == "cannot connect: Connection refused"
