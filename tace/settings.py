@@ -102,6 +102,10 @@ def _check_dicomweb_url(text: str) -> str:
             f"destination {parts.scheme}://{parts.hostname}{parts.path} carries credentials in the URL; "
             "use TACE_DICOMWEB_TOKEN, TACE_DICOMWEB_USERNAME/PASSWORD or a token_file"
         )
+    if ":" in parts.hostname:
+        raise ValueError(
+            f"destination {url!r}: dicomweb-client takes no IPv6 address literal; use a host name"
+        )
     if parts.query or parts.fragment:
         raise ValueError(f"destination {url!r}: a DICOMweb base URL has no query or fragment")
     if len(url) > DESTINATION_NAME_MAX:

@@ -128,9 +128,15 @@ def stow_instance(settings: Settings, destination: DicomwebDestination, path: Pa
     except _Misconfigured as exc:
         return SendResult(False, False, None, str(exc))
     with session:
-        client = DICOMwebClient(
-            destination.url, session=session, timeout=settings.dicom_send_timeout, callback=remember_status
-        )
+        try:
+            client = DICOMwebClient(
+                destination.url,
+                session=session,
+                timeout=settings.dicom_send_timeout,
+                callback=remember_status,
+            )
+        except ValueError as exc:
+            return SendResult(False, False, None, f"not a DICOMweb URL dicomweb-client takes: {exc}")
         client.set_http_retry_params(retry=False)
         try:
             answer = client.store_instances([dataset])

@@ -58,7 +58,7 @@ class ScriptedArchive:
         archive = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
+            def do_POST(self) -> None:
                 archive._handle(self)
 
             def log_message(self, format: str, *args: object) -> None:
@@ -96,7 +96,9 @@ class ScriptedArchive:
             instances.append((str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)))
         self.received.append(Received(handler.path, authorization, content_type, instances))
         time.sleep(self.answer.delay)
-        self._reply(handler, self.answer.status, self._response(instances) if self.answer.dicom_json else None)
+        self._reply(
+            handler, self.answer.status, self._response(instances) if self.answer.dicom_json else None
+        )
 
     def _response(self, instances: list[tuple[str, str]]) -> Dataset:
         response = Dataset()
@@ -128,4 +130,5 @@ class ScriptedArchive:
             handler.end_headers()
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
-            """The client gave up waiting (the stalled-archive case): nobody reads the answer."""
+            # The client gave up waiting (the stalled-archive case): nobody reads the answer.
+            return

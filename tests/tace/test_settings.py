@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tace.settings import Destination, Settings, SettingsError, load_settings
+from tace.settings import Destination, DicomwebDestination, Settings, SettingsError, load_settings
 
 
 def test_defaults_need_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,6 +35,91 @@ def test_environment_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) 
         Destination(ae_title="PACS2", host="::1", port=104),
     ]
     assert settings.allowed_calling_aets == ["CT1", "CT2"]
+
+
+def test_dicomweb_destinations_are_base_urls_named_without_a_trailing_slash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "TACE_DESTINATIONS",
+        "ORTHANC@127.0.0.1:4242, https://archive.example.org/dicom-web/,http://pacs:8042/dw",
+    )
+    settings = load_settings()
+    assert settings.destinations == [
+        Destination(ae_title="ORTHANC", host="127.0.0.1", port=4242),
+        DicomwebDestination(url="https://archive.example.org/dicom-web"),
+        DicomwebDestination(url="http://pacs:8042/dw"),
+    ]
+    assert [str(d) for d in settings.destinations] == [
+        "ORTHANC@127.0.0.1:4242",
+        "https://archive.example.org/dicom-web",
+        "http://pacs:8042/dw",
+    ]
+
+
+def test_a_dicomweb_destination_with_its_own_credentials_in_toml_or_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "tace.toml"
+    config.write_text(
+        'destinations = ["PACS@10.0.0.5:104", {url = "https://cloud.example.org/dicomweb", '
+        'token_file = "/run/secrets/cloud", tls_ca = "/etc/tace/ca.pem"}]\n'
+    )
+    cloud = DicomwebDestination(
+        url="https://cloud.example.org/dicomweb",
+        token_file=Path("/run/secrets/cloud"),
+        tls_ca=Path("/etc/tace/ca.pem"),
+    )
+    assert load_settings(config).destinations == [
+        Destination(ae_title="PACS", host="10.0.0.5", port=104),
+        cloud,
+    ]
+    monkeypatch.setenv(
+        "TACE_DESTINATIONS",
+        '[{"url": "https://cloud.example.org/dicomweb", "token_file": "/run/secrets/cloud", '
+        '"tls_ca": "/etc/tace/ca.pem"}]',
+    )
+    assert load_settings(config).destinations == [cloud]
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (
+            {"TACE_DESTINATIONS": "ftp://archive/dicom-web"},
+            "is not of the form AE@host:port or an http(s)://",
+        ),
+        (
+            {"TACE_DESTINATIONS": "https://tace:pacs-pass@archive/dicom-web"},
+            "TACE_DESTINATIONS='https://***@archive/dicom-web': destination https://archive/dicom-web "
+            "carries credentials in the URL",
+        ),
+        ({"TACE_DESTINATIONS": "https://archive/dicom-web?x=1"}, "a DICOMweb base URL has no query"),
+        ({"TACE_DESTINATIONS": "http://[::1]:8042/dw"}, "takes no IPv6 address literal; use a host name"),
+        ({"TACE_DESTINATIONS": "https://archive/" + "d" * 120}, "is longer than 128 characters"),
+        (
+            {"TACE_DESTINATIONS": '[{"url": "https://a/dw", "token_file": "/t", "username": "u"}]'},
+            "TACE_DESTINATIONS: destination https://a/dw: give token_file (bearer) or username (basic), not both",
+        ),
+        ({"TACE_DESTINATIONS": '[{"url": "https://a/dw", "tokenfile": "/t"}]'}, "unknown option 'tokenfile'"),
+        (
+            {"TACE_DICOMWEB_TOKEN": "t0ken", "TACE_DICOMWEB_USERNAME": "tace"},
+            "TACE_DICOMWEB_USERNAME='tace': set TACE_DICOMWEB_TOKEN (bearer) or TACE_DICOMWEB_USERNAME (basic)",
+        ),
+        ({"TACE_DICOMWEB_PASSWORD": "pacs-pass"}, "TACE_DICOMWEB_PASSWORD: needs TACE_DICOMWEB_USERNAME"),
+        ({"TACE_DICOMWEB_TLS_KEY": "/etc/tace/key.pem"}, "needs TACE_DICOMWEB_TLS_CERT"),
+    ],
+)
+def test_bad_dicomweb_settings_name_the_variable_and_never_show_a_secret(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert expected in message
+    assert "pacs-pass" not in message and "t0ken" not in message and "\n" not in message
 
 
 def test_toml_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

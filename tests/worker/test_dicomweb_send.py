@@ -7,7 +7,6 @@ gives; Orthanc itself is the peer in test_dicomweb_orthanc.py.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,26 +17,15 @@ from pydantic import SecretStr
 from tace.settings import DicomwebDestination, Settings, parse_destination
 from tests.support.dicomweb_archive import Answer, ScriptedArchive
 from tests.support.services import free_port
-from worker.clinical_summary import ClinicalSummary
+from tests.support.sr_file import write_sr
 from worker.send import store_sr
-from worker.sr import SrContent, build_sr, sr_identity
-from worker.volume import read_volume
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 @pytest.fixture
 def sr_file(ct_series: Callable[..., list[Path]], tmp_path: Path) -> Path:
-    volume = read_volume(ct_series(slices=4, rows=16, columns=16))
-    content = SrContent(
-        0.7, "disease_control", "CLDCA", "demo-1", "ab" * 32, True, ClinicalSummary(43, (), ())
-    )
-    sr = build_sr(volume.headers, content, sr_identity(volume.study_instance_uid, "demo-1", 1))
-    buffer = io.BytesIO()
-    sr.save_as(buffer, enforce_file_format=True)
-    path = tmp_path / "sr.dcm"
-    path.write_bytes(buffer.getvalue())
-    return path
+    return write_sr(ct_series, tmp_path / "sr.dcm")
 
 
 @pytest.fixture
@@ -117,7 +105,9 @@ def test_a_destination_token_file_wins_over_the_global_token(
     destination = DicomwebDestination(url=archive.url, token_file=token_file)
     settings = Settings(data_dir=tmp_path / "data", dicomweb_token=SecretStr("global"))
     assert store_sr(settings, destination, sr_file).delivered
-    unreadable = store_sr(settings, DicomwebDestination(url=archive.url, token_file=tmp_path / "gone"), sr_file)
+    unreadable = store_sr(
+        settings, DicomwebDestination(url=archive.url, token_file=tmp_path / "gone"), sr_file
+    )
     assert (unreadable.delivered, unreadable.transient) == (False, False)
     assert unreadable.detail == f"token file {tmp_path / 'gone'} unreadable: No such file or directory"
     assert len(archive.received) == 1, "nothing is sent without the credentials"

@@ -50,22 +50,27 @@ def jobs_list(
         typer.echo(line)
 
 
+_DELIVERED_OBJECTS = {"sr": "SR", "rejection": "rejection note"}
+"""How ``tace jobs show`` names what a delivery carried."""
+
+
 @jobs_app.command("show")
 def jobs_show(
     ctx: typer.Context,
     job_id: Annotated[int, typer.Argument(help="Job id, as in `tace jobs list`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show one job: its study, the phase decision per series, timeline, error and prediction."""
-    from tace.app.admin import job_detail, state_words
+    """Show one job: its study, the phase decision per series, timeline, error, prediction and deliveries."""
+    from tace.app.admin import deliveries, job_detail, state_words, to_jsonable
     from tace.db import session_scope
 
     with session_scope(runtime_of(ctx).engine()) as session:
         detail = job_detail(session, job_id)
+        sent = deliveries(session, job_id)
     if detail is None:
         fail(f"no job {job_id}", EXIT_NOT_FOUND)
     if as_json:
-        print_json(detail)
+        print_json({**to_jsonable(detail), "deliveries": sent})
         return
     job = detail.job
     typer.echo(f"job {job.id}  {state_words(job.state)} (stage {job.stage}, generation {job.generation})")
@@ -106,6 +111,13 @@ def jobs_show(
             typer.echo(f"    {used.label}: {used.value} {used.unit or ''} ({observed}; {used.source})")
         if p.get("sr_sop_instance_uid"):
             typer.echo(f"  SR       {p['sr_sop_instance_uid']}")
+    if sent:
+        typer.echo("  deliveries (object -> destination: state, attempts, detail)")
+        for d in sent:
+            what = _DELIVERED_OBJECTS.get(str(d["kind"]), str(d["kind"]))
+            typer.echo(
+                f"    {what} -> {d['destination']}: {d['state']}, {d['attempts']}, {d['detail'] or '-'}"
+            )
 
 
 @jobs_app.command("replay")
