@@ -16,6 +16,7 @@ so dicomweb-client's own retrying is off.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,29 @@ def _tls_file(path: Path | None, what: str) -> str | None:
     return str(path)
 
 
+class _Session(requests.Session):
+    """A session whose own CA bundle wins over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``.
+
+    requests lets those variables replace a session's ``verify`` (psf/requests#4650),
+    so a site-wide bundle would silently drop the CA configured for the archive.
+    """
+
+    def merge_environment_settings(
+        self,
+        url: str | bytes | None,
+        proxies: MutableMapping[str, str] | None,
+        stream: bool | None,
+        verify: bool | str | None,
+        cert: str | tuple[str, str] | None,
+    ) -> Any:
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and isinstance(self.verify, str):
+            merged["verify"] = self.verify
+        return merged
+
+
 def _session(settings: Settings, destination: DicomwebDestination) -> requests.Session:
-    session = requests.Session()
+    session = _Session()
     session.auth = _auth(settings, destination)
     ca = _tls_file(destination.tls_ca or settings.dicomweb_tls_ca, "TLS CA bundle")
     session.verify = ca if ca is not None else True
@@ -156,8 +178,10 @@ def stow_instance(settings: Settings, destination: DicomwebDestination, path: Pa
 
 def _cause(exc: BaseException) -> str:
     """The innermost reason (refused, name not known, certificate verify failed), not urllib3's wrapping."""
-    while exc.__context__ is not None and exc.__context__ is not exc:
+    seen = {id(exc)}
+    while exc.__context__ is not None and id(exc.__context__) not in seen:
         exc = exc.__context__
+        seen.add(id(exc))
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc)

@@ -11,6 +11,7 @@ import email.parser
 import email.policy
 import io
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pydicom
 from pydicom.dataset import Dataset
+
+from tests.support.certificates import Certificates
 
 
 @dataclass(frozen=True)
@@ -46,13 +49,17 @@ class ScriptedArchive:
     answer: Answer = field(default_factory=Answer)
     token: str | None = None
     """With a token, a request without ``Authorization: Bearer <token>`` gets 401."""
+    tls: Certificates | None = None
+    """With certificates: HTTPS with the server certificate, and only clients with a certificate
+    the test CA signed complete the handshake."""
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/dicomweb"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}/dicomweb"
 
     def start(self) -> ScriptedArchive:
         archive = self
@@ -65,6 +72,11 @@ class ScriptedArchive:
                 """Quiet: the test reads ``received``."""
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.tls.ca))
+            context.load_cert_chain(self.tls.server_cert, self.tls.server_key)
+            context.verify_mode = ssl.CERT_REQUIRED
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import select
@@ -127,6 +128,8 @@ def test_orthanc_gets_the_sr_and_for_a_superseding_job_the_rejection_note_by_sto
     with session_scope(sqlite_engine) as session:
         job = session.get(Job, second)
         assert job is not None and job.state == JobState.sent and job.predecessor_job_id == first
+    sends = REGISTRY.get_sample_value("tace_sr_sends_total", {"destination": url, "outcome": "delivered"})
+    assert sends == 3.0, "the SR of each job and the rejection note, counted under the URL"
 
     shown = subprocess.run(
         [sys.executable, "-m", "tace", "jobs", "show", str(second)],

@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from tace.settings import DicomwebDestination, Settings, parse_destination
+from tests.support.certificates import make_certificates
 from tests.support.dicomweb_archive import Answer, ScriptedArchive
 from tests.support.services import free_port
 from tests.support.sr_file import write_sr
@@ -127,3 +128,48 @@ def test_nothing_listening_is_retried(sr_file: Path, tmp_path: Path) -> None:
     result = store_sr(Settings(data_dir=tmp_path / "data"), parse_destination(url), sr_file)
     assert (result.delivered, result.transient) == (False, True)
     assert result.detail == "cannot connect: Connection refused"
+
+
+def test_https_needs_the_ca_bundle_and_a_client_certificate_the_archive_trusts(
+    sr_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orthanc's own HTTPS (SslEnabled) crashes its civetweb worker on these machines, so the
+    scripted archive is the TLS peer: a real handshake with the test CA's certificates. A
+    site-wide REQUESTS_CA_BUNDLE (another CA) must not replace the CA configured for it."""
+    certificates = make_certificates(tmp_path / "pki")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificates.rogue_cert))
+    archive = ScriptedArchive(tls=certificates).start()
+    data = tmp_path / "data"
+    try:
+        destination = parse_destination(archive.url)
+        unverified = store_sr(Settings(data_dir=data), destination, sr_file)
+        anonymous = store_sr(Settings(data_dir=data, dicomweb_tls_ca=certificates.ca), destination, sr_file)
+        assert archive.received == []
+        trusted = Settings(
+            data_dir=data,
+            dicomweb_tls_ca=certificates.ca,
+            dicomweb_tls_cert=certificates.client_cert,
+            dicomweb_tls_key=certificates.client_key,
+        )
+        delivered = store_sr(trusted, destination, sr_file)
+        per_destination = store_sr(
+            Settings(data_dir=data),
+            DicomwebDestination(
+                url=archive.url,
+                tls_ca=certificates.ca,
+                tls_cert=certificates.client_cert,
+                tls_key=certificates.client_key,
+            ),
+            sr_file,
+        )
+    finally:
+        archive.stop()
+    assert (unverified.delivered, unverified.transient) == (False, True)
+    assert unverified.detail.startswith("TLS failed: ") and "certificate verify failed" in unverified.detail
+    assert (anonymous.delivered, anonymous.transient) == (False, True), anonymous
+    assert (delivered.delivered, delivered.detail) == (True, "HTTP 200 OK, stored")
+    assert per_destination.delivered, per_destination
+    assert len(archive.received) == 2
+    no_file = store_sr(Settings(data_dir=data, dicomweb_tls_cert=tmp_path / "none.pem"), destination, sr_file)
+    assert (no_file.delivered, no_file.transient) == (False, False)
+    assert no_file.detail == f"TLS client certificate {tmp_path / 'none.pem'} does not exist"
