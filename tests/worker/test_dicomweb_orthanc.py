@@ -25,7 +25,7 @@ from listener.eligibility import EligibilityRules
 from tace.app.api.app import create_app
 from tace.app.replay import replay_job
 from tace.db import Delivery, Job, JobState, Prediction, Series, Stage, session_scope, utcnow
-from tace.settings import Settings, parse_destination
+from tace.settings import DicomwebDestination, Settings, parse_destination
 from tace.storage import Storage
 from tests.support.ingest import ingest_files
 from tests.support.orthanc import Orthanc
@@ -185,6 +185,13 @@ def test_orthanc_with_authentication_refuses_for_good_without_credentials_and_ta
         )
         (instance,) = orthanc.sr_instances()
         tags = orthanc.instance_tags(instance)
+        password_file = tmp_path / "pacs-password"
+        password_file.write_text("pacs-pass\n")
+        again = store_sr(
+            Settings(data_dir=tmp_path / "data", dicomweb_token=SecretStr("a-token-orthanc-ignores")),
+            DicomwebDestination(url=orthanc.dicomweb_url, username="tace", password_file=password_file),
+            sr,
+        )
     finally:
         orthanc.stop()
     for refused in (anonymous, wrong):
@@ -194,6 +201,7 @@ def test_orthanc_with_authentication_refuses_for_good_without_credentials_and_ta
             "TACE_DICOMWEB_USERNAME/PASSWORD or token_file))"
         )
     assert (right.delivered, right.detail) == (True, "HTTP 200 OK, stored")
+    assert again.delivered, "the destination's own basic credentials win over the global bearer token"
     assert tags["SOPClassUID"] == COMPREHENSIVE_3D_SR
     assert "pacs-pass" not in anonymous.detail + wrong.detail + right.detail
 
