@@ -4,6 +4,7 @@ fails the job for good; an archive that is down is retried until it is back."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import html
 import json
@@ -27,6 +28,7 @@ from tace.app.replay import replay_job
 from tace.db import Delivery, Job, JobState, Prediction, Series, Stage, session_scope, utcnow
 from tace.settings import DicomwebDestination, Settings, parse_destination
 from tace.storage import Storage
+from tests.conftest import product_log_file
 from tests.support.ingest import ingest_files
 from tests.support.orthanc import Orthanc
 from tests.support.processes import tace_env
@@ -206,17 +208,31 @@ def test_orthanc_with_authentication_refuses_for_good_without_credentials_and_ta
     assert "pacs-pass" not in anonymous.detail + wrong.detail + right.detail
 
 
-def test_a_job_refused_with_401_fails_naming_the_destination_and_the_status(
-    tmp_path: Path, make_settings, sqlite_engine: Engine, ct_series, demo_checkpoint: Path
+def test_a_job_refused_with_401_fails_naming_the_destination_and_the_status_and_logs_no_password(
+    tmp_path: Path,
+    make_settings,
+    sqlite_engine: Engine,
+    ct_series,
+    demo_checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     orthanc = Orthanc(tmp_path / "orthanc", dicomweb_servers={}, users={"tace": "pacs-pass"}).start()
     try:
         context, job_id = _predicted_job(
-            make_settings, sqlite_engine, ct_series, demo_checkpoint, orthanc.dicomweb_url
+            make_settings,
+            sqlite_engine,
+            ct_series,
+            demo_checkpoint,
+            orthanc.dicomweb_url,
+            dicomweb_username="tace",
+            dicomweb_password="an-old-pass",
         )
         assert run_send(context, job_id) == "failed"
     finally:
         orthanc.stop()
+    logged = product_log_file(tmp_path_factory).read_text()
+    assert f'"destination": "{orthanc.dicomweb_url}"' in logged, "the send was logged (at debug level)"
+    assert "an-old-pass" not in logged and base64.b64encode(b"tace:an-old-pass").decode() not in logged
     with session_scope(sqlite_engine) as session:
         job = session.get(Job, job_id)
         assert job is not None
