@@ -323,6 +323,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    performance_alert_auc_lower: float = Field(default=0.6, ge=0, le=1)
+    """A model version whose live AUC's 95% CI lower bound is under this is flagged (log and banner)."""
+    performance_alert_min_outcomes: int = Field(default=30, ge=2)
+    """Linked outcomes a version needs before the AUC alert can fire (fewer give too wide a CI)."""
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:

@@ -22,7 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tace.db import Job, LinkState, Outcome, Prediction, Series, table, utcnow
+from tace.logging import get_logger
 from tace.outcomes import PREDICTED_STATES, PROGRESSION, active
+
+log = get_logger(__name__)
 
 WINDOWS = {"90d": dt.timedelta(days=90), "all": None}
 
@@ -201,3 +204,30 @@ def performance(
         )
         for version in versions
     ]
+
+
+def auc_alerts(results: Iterable[VersionPerformance], *, auc_lower: float, min_outcomes: int) -> list[str]:
+    """One line per version whose live AUC's lower 95% bound is under ``auc_lower``, each logged.
+
+    Only versions with at least ``min_outcomes`` scored outcomes count: with fewer the
+    interval is too wide for its lower bound to say anything. The log line carries the
+    version and the figures, never a patient.
+    """
+    alerts = []
+    for result in results:
+        if result.auc is None or result.outcomes < min_outcomes or result.auc["low"] >= auc_lower:
+            continue
+        log.warning(
+            "performance.auc_alert",
+            model_version=result.model_version,
+            outcomes=result.outcomes,
+            auc=round(result.auc["value"], 4),
+            auc_low=round(result.auc["low"], 4),
+            alert_below=auc_lower,
+        )
+        alerts.append(
+            f"model {result.model_version}: the live AUC's 95% CI lower bound {result.auc['low']:.2f} "
+            f"is under the alert level {auc_lower:.2f} (TACE_PERFORMANCE_ALERT_AUC_LOWER), "
+            f"on {result.outcomes} linked outcomes"
+        )
+    return alerts

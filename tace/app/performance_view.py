@@ -2,7 +2,8 @@
 
 Plots are drawn on the server (matplotlib, the training report's own ROC and
 calibration plots) and inlined as PNG, so the page needs no script and no
-external resource. A banner warns when the live AUC's whole 95% interval lies
+external resource. A banner warns when the live AUC's 95% lower bound is under
+the configured alert level (with enough outcomes), when its whole interval lies
 below the interval the training report validated, or when any clinical input
 drifted past PSI 0.25.
 """
@@ -19,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from tace.app.drift import drift_report
 from tace.app.outcome_views import recent_outcomes, unlinked_outcomes
-from tace.app.performance import VersionPerformance, performance
+from tace.app.performance import VersionPerformance, auc_alerts, performance
 from tace.outcomes import LinkWindow, relink
 from tace.settings import Settings
 
@@ -72,7 +73,11 @@ def performance_page(
         min_outcomes=settings.performance_min_outcomes,
         checkpoint_thresholds={meta.version: meta.threshold} if meta is not None else None,
     )
-    warnings = []
+    warnings = auc_alerts(
+        results,
+        auc_lower=settings.performance_alert_auc_lower,
+        min_outcomes=settings.performance_alert_min_outcomes,
+    )
     trained = (meta.validation.get("auc") if meta is not None else None) or None
     for result in results:
         if trained and result.auc and result.auc["high"] < trained["low"]:

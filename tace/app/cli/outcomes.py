@@ -176,7 +176,7 @@ def model_performance(
 ) -> None:
     """Live performance per model version: AUC with CI, sensitivity/specificity, calibration, Brier."""
     from tace.app.drift import drift_report
-    from tace.app.performance import WINDOWS, performance
+    from tace.app.performance import WINDOWS, auc_alerts, performance
     from tace.outcomes import relink
 
     if window not in WINDOWS:
@@ -195,18 +195,26 @@ def model_performance(
         checkpoint_thresholds={meta.version: meta.threshold} if meta is not None else None,
     )
     drift = drift_report(engine, meta) if meta is not None else None
+    alerts = auc_alerts(
+        results,
+        auc_lower=settings.performance_alert_auc_lower,
+        min_outcomes=settings.performance_alert_min_outcomes,
+    )
     if as_json:
         print_json(
             {
                 "window": window,
                 "versions": [r.as_dict() for r in results],
                 "drift": drift.as_dict() if drift else None,
+                "alerts": alerts,
             }
         )
         return
     print_performance(results, window)
     if drift is not None:
         print_drift(drift)
+    for alert in alerts:
+        typer.echo(f"WARNING: {alert}")
 
 
 @cohort_app.command("export")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import html
+import logging
 import datetime as dt
 import re
 from pathlib import Path
@@ -93,3 +95,46 @@ def test_a_checkpoint_without_a_training_distribution_says_so(
     page = client.get("/performance").text
     assert '<span id="drift-note">no training distribution in this checkpoint</span>' in page
     assert 'id="no-outcomes"' in page
+
+
+def test_the_auc_alert_logs_a_warning_and_shows_a_banner_only_with_enough_outcomes(
+    make_settings, sqlite_engine: Engine, site_checkpoint: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed_site_cases(sqlite_engine)  # 12 linked outcomes scored the wrong way round: AUC 0 (CI 0-0)
+    banner = 'role="alert"><strong>Warning:</strong> model site-1: the live AUC\'s 95% CI lower bound 0.00'
+
+    def page(**settings: object) -> str:
+        app = create_app(make_settings(api_token=SecretStr("operator-secret"), **settings), sqlite_engine)
+        client = TestClient(app)
+        _login(client, "operator-secret")
+        return html.unescape(client.get("/performance").text)
+
+    with caplog.at_level(logging.WARNING):
+        assert banner not in page(model_checkpoint=site_checkpoint)  # 12 outcomes, 30 needed by default
+    assert "performance.auc_alert" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        assert banner not in page(
+            model_checkpoint=site_checkpoint,
+            performance_alert_min_outcomes=12,
+            performance_alert_auc_lower=0.0,
+        )
+    assert "performance.auc_alert" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        shown = page(model_checkpoint=site_checkpoint, performance_alert_min_outcomes=12)
+    assert (
+        banner + " is under the alert level 0.60 (TACE_PERFORMANCE_ALERT_AUC_LOWER), on 12 linked outcomes"
+        in shown
+    )
+    alerts = [
+        r for r in caplog.records if isinstance(r.msg, dict) and r.msg["event"] == "performance.auc_alert"
+    ]
+    assert len(alerts) == 2  # one per rendering: the login's look at the page and this one
+    for record in alerts:
+        assert record.levelno == logging.WARNING
+        assert {k: record.msg[k] for k in ("model_version", "outcomes", "auc_low", "alert_below")} == {
+            "model_version": "site-1",
+            "outcomes": 12,
+            "auc_low": 0.0,
+            "alert_below": 0.6,
+        }
+    assert "PAGE" not in caplog.text
