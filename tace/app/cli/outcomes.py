@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -221,10 +222,24 @@ def model_performance(
 def cohort_export(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder for manifest.csv and provenance.csv.")],
+    since: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Only studies on or after this date.")
+    ] = None,
+    until: Annotated[
+        dt.datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Only studies on or before this date.")
+    ] = None,
+    deidentify: Annotated[
+        bool,
+        typer.Option(
+            "--deidentify",
+            help="De-identified DICOM copies: pseudonyms, no names or IDs, dates shifted per patient, "
+            "new UIDs; provenance likewise.",
+        ),
+    ] = False,
 ) -> None:
     """A training manifest (`tace train` reads it) from the linked cases: series, clinical values, label."""
     from model.schema import FeatureSchema, SchemaError
-    from tace.app.cohort import export_cohort
+    from tace.app.cohort import CohortOptions, export_cohort
     from tace.outcomes import relink
 
     runtime = runtime_of(ctx)
@@ -236,7 +251,12 @@ def cohort_export(
     engine = runtime.engine()
     with engine.begin() as connection:
         relink(connection, link_window(settings))
-    result = export_cohort(engine, settings.data_dir, out, schema)
+    if since and until and since > until:
+        fail(f"--since {since:%Y-%m-%d} is after --until {until:%Y-%m-%d}")
+    options = CohortOptions(
+        since=since.date() if since else None, until=until.date() if until else None, deidentify=deidentify
+    )
+    result = export_cohort(engine, settings.data_dir, out, schema, options)
     for reason in result.skipped:
         typer.echo(f"skipped {reason}", err=True)
     if result.cases == 0:

@@ -1,0 +1,195 @@
+"""De-identified copies of a cohort's CT series, for data that leaves the gateway.
+
+Each patient gets a pseudonym and one random date offset for the whole export,
+so intervals within a patient (study to assessment) stay true while no real date
+remains. Person names, patient IDs, the birth date, accession number and
+institution go; every date and date-time is shifted; every UID is replaced by one
+derived from it and a secret salt of this export (consistently, so series,
+studies and frames of reference still match up); private elements are dropped.
+A copy whose header still holds the patient's ID, name or a real date is
+refused, not written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.uid import generate_uid
+
+STANDARD_UID_ROOT = "1.2.840.10008."
+"""SOP classes, transfer syntaxes and coding schemes: the same in every hospital, kept."""
+MIN_SHIFT_DAYS, MAX_SHIFT_DAYS = 30, 3 * 365
+"""Dates move back by at least a month, so no shifted date equals its real one."""
+EMPTIED = (
+    "AccessionNumber",
+    "StudyID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+)
+REMOVED = (
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "MedicalRecordLocator",
+    "PatientComments",
+    "AdditionalPatientHistory",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "RequestAttributesSequence",
+    "ReferencedPatientSequence",
+    "ReferencedStudySequence",
+    "ReferencedPerformedProcedureStepSequence",
+)
+
+
+class DeidentifyError(ValueError):
+    """A copy still carries an identifier; the message names the file, not the patient."""
+
+
+@dataclass(frozen=True)
+class Pseudonym:
+    name: str
+    shift: dt.timedelta
+
+    def date(self, value: dt.date) -> dt.date:
+        return value - self.shift
+
+
+@dataclass
+class Deidentifier:
+    """Pseudonyms, date offsets and UID salt for one export; never stored, so never reversible."""
+
+    salt: str = field(default_factory=lambda: secrets.token_hex(16))
+    _patients: dict[str, Pseudonym] = field(default_factory=dict)
+
+    def patient(self, patient_hash: str) -> Pseudonym:
+        if patient_hash not in self._patients:
+            shift = dt.timedelta(days=MIN_SHIFT_DAYS + secrets.randbelow(MAX_SHIFT_DAYS - MIN_SHIFT_DAYS + 1))
+            self._patients[patient_hash] = Pseudonym(f"ANON{len(self._patients) + 1:04d}", shift)
+        return self._patients[patient_hash]
+
+    def uid(self, value: str) -> str:
+        if not value or value.startswith(STANDARD_UID_ROOT):
+            return value
+        return str(generate_uid(prefix=None, entropy_srcs=[self.salt, value]))
+
+    def copy_series(self, files: list[Path], out: Path, patient_hash: str) -> Path:
+        """De-identified copies of one series in ``out``; none written if any identifier would stay."""
+        pseudonym = self.patient(patient_hash)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            for index, path in enumerate(sorted(files), start=1):
+                dataset = pydicom.dcmread(path)
+                identifiers = _identifiers(dataset)
+                self._clean(dataset, pseudonym)
+                if dataset.file_meta is not None:
+                    self._clean_meta(dataset.file_meta)
+                header = _header_bytes(dataset)
+                left = sorted({label for label, value in identifiers if value in header})
+                if left:
+                    raise DeidentifyError(
+                        f"{path.name}: a de-identified copy would still hold the {', '.join(left)}"
+                    )
+                dataset.save_as(out / f"{index:05d}.dcm", enforce_file_format=True)
+        except DeidentifyError:
+            shutil.rmtree(out)
+            raise
+        return out
+
+    def _clean(self, dataset: Dataset, pseudonym: Pseudonym) -> None:
+        dataset.remove_private_tags()
+        for keyword in REMOVED:
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        for keyword in EMPTIED:
+            if keyword in dataset:
+                setattr(dataset, keyword, "")
+        dataset.walk(lambda ds, element: self._element(element, pseudonym))
+        dataset.PatientName = pseudonym.name
+        dataset.PatientID = pseudonym.name
+        dataset.PatientIdentityRemoved = "YES"
+        dataset.LongitudinalTemporalInformationModified = "MODIFIED"
+        dataset.DeidentificationMethod = (
+            "TACE gateway cohort export: names, IDs, institution removed; dates shifted per patient; "
+            "UIDs replaced"
+        )
+
+    def _element(self, element: DataElement, pseudonym: Pseudonym) -> None:
+        if element.VR == "PN":
+            element.value = ""
+        elif element.VR == "UI":
+            element.value = _each(element.value, self.uid)
+        elif element.VR == "DA":
+            element.value = _each(element.value, lambda v: _shift_date(v, pseudonym))
+        elif element.VR == "DT":
+            element.value = _each(element.value, lambda v: _shift_date(v[:8], pseudonym) + v[8:] if v else v)
+
+    def _clean_meta(self, meta: FileMetaDataset) -> None:
+        for keyword in ("MediaStorageSOPInstanceUID",):
+            if keyword in meta:
+                setattr(meta, keyword, self.uid(str(getattr(meta, keyword))))
+
+
+def _each(value: object, change: Callable[[str], str]) -> object:
+    """``change`` applied to a single value or to each of a multi-valued element."""
+    if isinstance(value, list | MultiValue):
+        return [change(str(v)) for v in value]
+    return change(str(value)) if value not in (None, "") else value
+
+
+def _header_bytes(dataset: Dataset) -> bytes:
+    """Everything but the pixels, as written: where an identifier could be (pixels may hold any bytes)."""
+    header = dataset.copy()
+    if "PixelData" in header:
+        del header.PixelData
+    buffer = io.BytesIO()
+    header.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _shift_date(value: str, pseudonym: Pseudonym) -> str:
+    """A DA value moved by the patient's offset; anything not a plain date is dropped."""
+    try:
+        real = dt.datetime.strptime(value.strip(), "%Y%m%d").date()
+    except ValueError:
+        return ""
+    return pseudonym.date(real).strftime("%Y%m%d")
+
+
+def _identifiers(dataset: Dataset) -> list[tuple[str, bytes]]:
+    """What must not survive: the patient's ID, name parts and every real date, as bytes."""
+    found: list[tuple[str, bytes]] = []
+    if str(dataset.get("PatientID", "")).strip():
+        found.append(("patient ID", str(dataset.PatientID).strip().encode()))
+    for part in str(dataset.get("PatientName", "")).replace("^", " ").split():
+        if len(part) >= 4:
+            found.append(("patient name", part.encode()))
+
+    def collect(ds: Dataset, element: DataElement) -> None:
+        if element.VR in ("DA", "DT") and element.value:
+            for value in element.value if isinstance(element.value, list) else [element.value]:
+                if len(str(value)) >= 8:
+                    found.append(("real date", str(value)[:8].encode()))
+
+    dataset.walk(collect)
+    return found
