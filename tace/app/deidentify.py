@@ -13,6 +13,7 @@ refused, not written.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import secrets
 import shutil
@@ -24,10 +25,10 @@ import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
-from pydicom.uid import generate_uid
 
 STANDARD_UID_ROOT = "1.2.840.10008."
 """SOP classes, transfer syntaxes and coding schemes: the same in every hospital, kept."""
+PIXEL_DATA = 0x7FE00010
 MIN_SHIFT_DAYS, MAX_SHIFT_DAYS = 30, 3 * 365
 """Dates move back by at least a month, so no shifted date equals its real one."""
 EMPTIED = (
@@ -89,9 +90,11 @@ class Deidentifier:
         return self._patients[patient_hash]
 
     def uid(self, value: str) -> str:
+        """The same new UID for the same old one within this export (a 2.25 UUID-derived UID)."""
         if not value or value.startswith(STANDARD_UID_ROOT):
             return value
-        return str(generate_uid(prefix=None, entropy_srcs=[self.salt, value]))
+        digest = hashlib.sha256(f"{self.salt}|{value}".encode()).digest()[:16]
+        return f"2.25.{int.from_bytes(digest, 'big')}"
 
     def copy_series(self, files: list[Path], out: Path, patient_hash: str) -> Path:
         """De-identified copies of one series in ``out``; none written if any identifier would stay."""
@@ -159,11 +162,13 @@ def _each(value: object, change: Callable[[str], str]) -> object:
 
 def _header_bytes(dataset: Dataset) -> bytes:
     """Everything but the pixels, as written: where an identifier could be (pixels may hold any bytes)."""
-    header = dataset.copy()
-    if "PixelData" in header:
-        del header.PixelData
+    pixels = dataset.pop(PIXEL_DATA, None)
     buffer = io.BytesIO()
-    header.save_as(buffer, enforce_file_format=True)
+    try:
+        dataset.save_as(buffer, enforce_file_format=True)
+    finally:
+        if pixels is not None:
+            dataset[PIXEL_DATA] = pixels
     return buffer.getvalue()
 
 

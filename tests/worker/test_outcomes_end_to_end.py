@@ -151,7 +151,12 @@ def test_outcomes_over_mllp_and_csv_give_the_hand_computed_auc_and_the_export_ev
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout.startswith("6 cases written to")
     evaluated = _tace(
-        system, "evaluate", str(demo_checkpoint), str(cohort / "manifest.csv"), "--out", str(tmp_path / "eval")
+        system,
+        "evaluate",
+        str(demo_checkpoint),
+        str(cohort / "manifest.csv"),
+        "--out",
+        str(tmp_path / "eval"),
     )
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())

@@ -242,6 +242,8 @@ def cohort_export(
     from tace.app.cohort import CohortOptions, export_cohort
     from tace.outcomes import relink
 
+    if since and until and since > until:
+        fail(f"--since {since:%Y-%m-%d} is after --until {until:%Y-%m-%d}")
     runtime = runtime_of(ctx)
     settings = runtime.settings
     try:
@@ -251,8 +253,6 @@ def cohort_export(
     engine = runtime.engine()
     with engine.begin() as connection:
         relink(connection, link_window(settings))
-    if since and until and since > until:
-        fail(f"--since {since:%Y-%m-%d} is after --until {until:%Y-%m-%d}")
     options = CohortOptions(
         since=since.date() if since else None, until=until.date() if until else None, deidentify=deidentify
     )
