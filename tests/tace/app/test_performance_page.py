@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import html
 import logging
-import datetime as dt
 import re
 from pathlib import Path
 
