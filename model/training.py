@@ -43,6 +43,7 @@ from model.calibration import CalibrationMethod, Calibrator, fit_calibrator
 from model.config import CLDCAConfig, PreprocessConfig, Variant
 from model.contract import LEGACY_PHASES
 from model.data import ManifestCase, VolumeLoader, load_case_volume
+from model.image_stats import volume_statistics
 from model.metrics import Metrics, choose_threshold, classification_metrics
 from model.network import CLDCA
 from model.preprocess import preprocess_volume
@@ -137,6 +138,8 @@ class Sample:
     """Mean backbone feature over the slices, for the logistic baseline."""
     slice_count: int = 0
     """Slices of the volume as loaded, before any subsampling (the contract's minimum)."""
+    image_stats: dict[str, float | None] | None = None
+    """The volume's statistics (``model.image_stats``), kept in the checkpoint for image drift."""
 
     @property
     def length(self) -> int:
@@ -193,7 +196,7 @@ def prepare_samples(
     for done, case in enumerate(cases):
         sample = Sample(case.case_id, case.label, case.clinical)
         if backbone is not None:
-            features, sample.slice_count = _cached_features(
+            features, sample.slice_count, sample.image_stats = _cached_features(
                 case, loader, preprocess, phases, backbone, device, cache_dir, key_base
             )
             sample.pooled = features.mean(0).numpy()
@@ -219,8 +222,10 @@ def _cached_features(
     device: torch.device,
     cache_dir: Path | None,
     key_base: str,
-) -> tuple[Tensor, int]:
-    """(per-slice features, slices loaded), from the cache when the volumes are unchanged."""
+) -> tuple[Tensor, int, dict[str, float | None] | None]:
+    """(per-slice features, slices loaded, image statistics), from the cache when the volumes are unchanged.
+
+    A cache entry written before image statistics were kept has none (None)."""
     cache_file = None
     if cache_dir is not None:
         identity = "|".join(f"{p}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in case.volume_paths)
@@ -228,15 +233,16 @@ def _cached_features(
         cache_file = cache_dir / f"{key[:32]}.pt"
         if cache_file.exists():
             cached = torch.load(cache_file, weights_only=True)
-            return cached["features"], int(cached["slices"])
+            return cached["features"], int(cached["slices"]), cached.get("image_stats")
     volume = load_case_volume(case, loader)
+    stats = volume_statistics(volume, case.slice_thickness_mm)
     slices = preprocess_volume(torch.from_numpy(volume).to(device), preprocess, phases)
     with torch.inference_mode():
         features = torch.cat([backbone(slices[i : i + 64]) for i in range(0, len(slices), 64)]).float().cpu()
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"features": features, "slices": volume.shape[0]}, cache_file)
-    return features, int(volume.shape[0])
+        torch.save({"features": features, "slices": volume.shape[0], "image_stats": stats}, cache_file)
+    return features, int(volume.shape[0]), stats
 
 
 def _clinical_matrix(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from model.contract import LEGACY_PHASES, THREE_PHASES, InputContract
 from model.data import Manifest, UnitConverter, VolumeLoader, load_cached_volume, read_manifest
 from model.device import resolve_device
 from model.drift import training_distribution
+from model.image_stats import image_distribution
 from model.metrics import bootstrap_auc, classification_metrics
 from model.report import write_ablation_table, write_cv_report, write_evaluation_report
 from model.schema import FeatureSchema
@@ -76,6 +77,17 @@ def _samples(
         uses_image=uses_image,
         phases=config.phases,
     )
+
+
+def cohort_distribution(
+    schema: FeatureSchema, clinical: list[dict[str, object]], samples: Sequence[Sample]
+) -> dict[str, Any]:
+    """The clinical summary for drift, with the images' (``images``) when the model read volumes."""
+    summary = training_distribution(schema, clinical)
+    stats = [s.image_stats for s in samples if s.image_stats is not None]
+    if stats:
+        summary["images"] = image_distribution(stats)
+    return summary
 
 
 def training_contract(data: Manifest, samples: list[Sample], uses_image: bool) -> InputContract:
@@ -280,7 +292,7 @@ def _train(
         },
         threshold=fitted.threshold,
         calibration=fitted.calibrator.to_dict() if fitted.calibrator else None,
-        training_distribution=training_distribution(schema, [c.clinical for c in data.cases]),
+        training_distribution=cohort_distribution(schema, [c.clinical for c in data.cases], samples),
         validation={
             "method": f"cross-validated ({main.folds}-fold{repeats}, pooled out-of-fold)",
             "auc": main.auc.as_dict(),
@@ -459,8 +471,8 @@ def make_demo_checkpoint(
         },
         threshold=fitted.threshold,
         calibration=fitted.calibrator.to_dict() if fitted.calibrator else None,
-        training_distribution=training_distribution(
-            schema, [case.clinical for i, case in enumerate(data.cases) if i not in held_out]
+        training_distribution=cohort_distribution(
+            schema, [case.clinical for i, case in enumerate(data.cases) if i not in held_out], train
         ),
         validation={"method": "held-out", "auc": auc.as_dict(), "cases": len(test)},
         warnings=degenerate_warnings("the demo model", [metrics], auc),

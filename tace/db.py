@@ -360,6 +360,8 @@ class Prediction(SQLModel, table=True):
     threshold: float | None = None
     """The checkpoint's decision threshold the label was decided at (None on rows made before it was kept)."""
     created_at: datetime = _created_column()
+    image_stats: dict[str, Any] | None = _json_column()
+    """Statistics of the volume the model read (``model.image_stats``), for image drift."""
 
 
 class LinkState(enum.StrEnum):

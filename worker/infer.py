@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from hl7_clinical.explain import explain_missing_labs
 from hl7_clinical.identity import IdentityRules
+from model.image_stats import volume_statistics
 from tace.db import Instance, Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
 from tace.display import probability_text
 from tace.jobs import MODEL_CHANGED, Lease, mark_published, refresh_predecessor
@@ -151,8 +152,13 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
     rule = pipeline.LabsRule(
         settings.required_features, impute=remaining <= 0 and settings.labs_missing_policy == "impute"
     )
-    result = pipeline.run_case(
+    gathered = pipeline.gather(
         job.case, labs=ctx.engine, predictor=ctx.predictor, labs_rule=rule, decode_pool=ctx.decode_pool
+    )
+    result = (
+        pipeline.predict(gathered, predictor=ctx.predictor)
+        if isinstance(gathered, pipeline.Inputs)
+        else gathered
     )
     if isinstance(result, pipeline.LabsMissing):
         definitions = ctx.predictor.meta.schema.by_name()
@@ -196,11 +202,32 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
     return StageResult(
         StageOutcome.predicted,
         detail=f"{prediction.label} p={probability_text(prediction.probability)}",
-        record=partial(_save_prediction, lease.job_id, result, ctx.storage.relative(path)),
+        record=partial(
+            _save_prediction, lease.job_id, result, ctx.storage.relative(path), _image_stats(gathered)
+        ),
     )
 
 
-def _save_prediction(job_id: int, result: pipeline.Predicted, sr_path: str, session: Session) -> None:
+def _image_stats(inputs: pipeline.Inputs | pipeline.LabsMissing | pipeline.Refused) -> dict[str, Any] | None:
+    """Statistics of what the model read (all phases when several), for image drift."""
+    if not isinstance(inputs, pipeline.Inputs):
+        return None
+    volume = inputs.model_input if inputs.model_input is not None else inputs.volume.hu
+    header = inputs.volume.headers[0] if inputs.volume.headers else None
+    try:
+        thickness = float(header.get("SliceThickness") or 0) if header is not None else 0.0
+    except (TypeError, ValueError):
+        thickness = 0.0
+    return volume_statistics(volume, thickness or None)
+
+
+def _save_prediction(
+    job_id: int,
+    result: pipeline.Predicted,
+    sr_path: str,
+    image_stats: dict[str, Any] | None,
+    session: Session,
+) -> None:
     prediction = result.prediction
     session.execute(sa.delete(Prediction).where(col(Prediction.job_id) == job_id))
     session.add(
@@ -219,5 +246,6 @@ def _save_prediction(job_id: int, result: pipeline.Predicted, sr_path: str, sess
             sr_sop_instance_uid=result.identity.sop_instance_uid,
             sr_series_instance_uid=result.identity.series_instance_uid,
             sr_path=sr_path,
+            image_stats=image_stats,
         )
     )

@@ -54,6 +54,11 @@ class PerformanceCollector:
             "Population stability index of a clinical input vs training",
             labels=["feature"],
         )
+        image_psi = GaugeMetricFamily(
+            "tace_image_drift_psi",
+            "Population stability index of a per-series image statistic vs training",
+            labels=["statistic"],
+        )
         for version in figures["versions"]:
             linked.add_metric([version["model_version"]], version["outcomes"])
             if version["auc"] is not None:
@@ -62,7 +67,11 @@ class PerformanceCollector:
         for feature in (figures["drift"] or {}).get("features", []):
             if feature["psi"] is not None:
                 psi.add_metric([feature["feature"]], feature["psi"])
+        for image in (figures["drift"] or {}).get("images", []):
+            if image["psi"] is not None:
+                image_psi.add_metric([image["statistic"]], image["psi"])
         yield linked
         yield auc_low
         yield unlinked
         yield psi
+        yield image_psi

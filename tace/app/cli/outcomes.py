@@ -129,6 +129,16 @@ def print_drift(report: DriftReport) -> None:
     for row in report.features:
         psi = "-" if row["psi"] is None else f"{row['psi']:.3f}"
         typer.echo(f"  {row['feature']:<28} {row['missing']:>8.1%} {row['training_missing']:>9.1%} {psi:>7}")
+    if report.image_note:
+        typer.echo(f"  images: {report.image_note}")
+    if report.images:
+        typer.echo(f"  {'IMAGE STATISTIC':<28} {'LIVE':>9} {'TRAINING':>9} {'PSI':>7}  (medians)")
+    for row in report.images:
+        live, trained, psi = (
+            "-" if row[k] is None else f"{row[k]:.{digits}f}"
+            for k, digits in (("live_median", 1), ("training_median", 1), ("psi", 3))
+        )
+        typer.echo(f"  {row['statistic']:<28} {live:>9} {trained:>9} {psi:>7}")
     if report.major:
         typer.echo(f"  WARNING: PSI over 0.25 (major shift) for {', '.join(report.major)}")
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
+from model.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from model.drift import feature_drift, psi, training_distribution
+from model.image_stats import image_distribution, volume_statistics
 from model.schema import FeatureSchema
+from tace.app.api.app import create_app
+from tace.app.drift import drift_report
 from tace.app.performance import evaluate_version, performance
+from tace.db import Prediction, session_scope
 from tace.outcomes import LinkWindow, relink
 from tests.support.outcomes import add_prediction
 
@@ -143,3 +154,63 @@ def test_the_90_day_window_superseded_jobs_and_no_destination(sqlite_engine: Eng
     (last_90,) = performance(sqlite_engine, window="90d", min_outcomes=2)
     assert everything.outcomes == 2 and last_90.outcomes == 1
     assert last_90.y_score == [0.7] and recent not in (old, replaced)
+
+
+def test_image_statistics_by_hand_and_image_drift_in_the_report_the_cli_and_the_page(
+    tmp_path: Path, make_settings, sqlite_engine: Engine, demo_checkpoint: Path
+) -> None:
+    # 2 slices of 4 x 4: half air (-1000, not body), the body voxels 0, 10, ..., 150 HU
+    volume = np.full((2, 4, 4), -1000.0, dtype=np.float32)
+    volume[:, :2, :] = np.arange(16, dtype=np.float32).reshape(2, 2, 4) * 10
+    stats = volume_statistics(volume, 2.5)
+    assert stats == {
+        "slices": 2.0,
+        "slice_thickness_mm": 2.5,
+        "body_hu_mean": 75.0,
+        "body_hu_p10": 15.0,
+        "body_hu_p50": 75.0,
+        "body_hu_p90": 135.0,
+    }
+    assert volume_statistics(np.full((3, 4, 4), -1000.0), None)["body_hu_mean"] is None
+
+    # training series of 40-59 slices at 1-2 mm; live ones of 8 slices at 5 mm: a major shift
+    training = [
+        {"slices": 40.0 + i, "slice_thickness_mm": 1.0 + (i % 2), "body_hu_mean": 50.0} for i in range(20)
+    ]
+    loaded = load_checkpoint(demo_checkpoint)
+    summary = {**training_distribution(loaded.meta.schema, []), "images": image_distribution(training)}
+    checkpoint = tmp_path / "images.safetensors"
+    save_checkpoint(checkpoint, loaded.model, dataclasses.replace(loaded.meta, training_distribution=summary))
+    for n in range(4):
+        job = add_prediction(
+            sqlite_engine,
+            patient_id=f"IMG{n}",
+            study_date=dt.date(2026, 1, 5),
+            probability=0.5,
+            model_version=loaded.meta.version,
+        )
+        with session_scope(sqlite_engine) as session:
+            prediction = session.exec(select(Prediction).where(Prediction.job_id == job)).one()
+            prediction.image_stats = {"slices": 8.0, "slice_thickness_mm": 5.0, "body_hu_mean": 50.0}
+    report = drift_report(sqlite_engine, read_meta(checkpoint))
+    rows = {r["statistic"]: r for r in report.images}
+    # PSI over 10 bins: all live series in the lowest bin (training share 0.1), the other 9 floored at 1e-4
+    expected = (1 - 0.1) * math.log(1 / 0.1) + 9 * (1e-4 - 0.1) * math.log(1e-4 / 0.1)
+    assert rows["slices"]["psi"] == pytest.approx(expected)
+    assert (rows["slices"]["live_median"], rows["slices"]["training_median"]) == (8.0, 49.5)
+    assert rows["body_hu_mean"]["psi"] == pytest.approx(0.0)
+    assert rows["body_hu_p50"]["psi"] is None and rows["body_hu_p50"]["missing"] == 1.0
+    assert report.major == ["image slices", "image slice_thickness_mm"]
+
+    settings = make_settings(api_token=SecretStr("operator-secret"), model_checkpoint=checkpoint)
+    client = TestClient(create_app(settings, sqlite_engine))
+    assert client.post("/login", data={"token": "operator-secret"}, follow_redirects=False).status_code == 303
+    page = client.get("/performance").text
+    assert re.search(
+        r'<tr class="state-failed"><td data-label="Statistic">slices</td><td data-label="Live">8.0</td>'
+        r'<td data-label="Training">49.5</td><td data-label="PSI">([0-9.]+)</td>',
+        page,
+    )
+    assert "input drift: PSI over 0.25 for image slices, image slice_thickness_mm" in page
+    gauge = re.search(r'tace_image_drift_psi\{statistic="slices"\} (\S+)', client.get("/metrics").text)
+    assert gauge and float(gauge.group(1)) == pytest.approx(expected)
