@@ -138,7 +138,12 @@ def test_outcomes_over_mllp_and_csv_give_the_hand_computed_auc_and_the_export_ev
 
     shown = _tace(system, "model", "performance", "--json")
     assert shown.returncode == 0, shown.stderr
-    (version,) = json.loads(shown.stdout)["versions"]
+    performance = json.loads(shown.stdout)
+    (version,) = performance["versions"]
+    # image drift from what the worker read (8-slice series) against the demo cohort's 6-slice volumes
+    images = {row["statistic"]: row for row in performance["drift"]["images"]}
+    assert (images["slices"]["live_median"], images["slices"]["training_median"]) == (8.0, 6.0)
+    assert images["body_hu_mean"]["live_median"] is not None
     assert (version["outcomes"], version["progressions"]) == (6, 3)
     control = [stored[p][1] for p, r in RESPONSES.items() if r != "PD"]
     progression = [stored[p][1] for p, r in RESPONSES.items() if r == "PD"]
@@ -161,7 +166,8 @@ def test_outcomes_over_mllp_and_csv_give_the_hand_computed_auc_and_the_export_ev
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     by_case = {case["case_id"]: case["probability"] for case in report["cases"]}
-    for patient, (job_id, probability) in stored.items():
-        assert by_case[f"job{job_id}"] == pytest.approx(probability, abs=1e-4), patient
+    differences = [abs(by_case[f"job{job_id}"] - probability) for job_id, probability in stored.values()]
+    print(f"evaluate vs stored probabilities: largest difference {max(differences):.2e}")
+    assert max(differences) < 1e-4
     print(f"evaluate on the export: AUC {report['metrics']['auc']} vs live {version['auc']['value']}")
     assert report["metrics"]["auc"] == pytest.approx(version["auc"]["value"], abs=1e-12)

@@ -187,3 +187,6 @@ def test_cohort_export_then_train_runs(
     assert meta.training_distribution is not None and meta.training_distribution["cases"] == 8
     assert meta.training_distribution["features"]["albumin"]["missing"] == 0.0
     assert meta.training_distribution["features"]["platelets"]["missing"] == 1.0
+    # and the image statistics of the series it read (4 slices each), for image drift
+    images = meta.training_distribution["images"]
+    assert images["cases"] == 8 and images["statistics"]["slices"]["median"] == 4.0
