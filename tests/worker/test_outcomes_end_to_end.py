@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tace.app.synthetic_ct import liver_study
 from tace.db import Job, Prediction, Series, Study
 from tests.support.gateway import Gateway
 from tests.support.hl7_messages import oru
@@ -171,3 +172,51 @@ def test_outcomes_over_mllp_and_csv_give_the_hand_computed_auc_and_the_export_ev
     assert max(differences) < 1e-4
     print(f"evaluate on the export: AUC {report['metrics']['auc']} vs live {version['auc']['value']}")
     assert report["metrics"]["auc"] == pytest.approx(version["auc"]["value"], abs=1e-12)
+
+
+def test_a_three_phase_cohort_export_evaluates_to_the_gateways_own_probabilities(
+    gateway, tmp_path: Path, three_phase_checkpoint: Path
+) -> None:
+    """The worker aligned three phases before predicting; the export hands `tace evaluate` the same input."""
+    system = gateway()
+    system.settings["model_checkpoint"] = three_phase_checkpoint
+    system.start_listener()
+    system.start_worker()
+    patients = {"MRN8101": "PD", "MRN8102": "CR"}
+    files: list[Path] = []
+    for n, patient in enumerate(patients):
+        study = liver_study("ge", tmp_path / patient, size=32, seed=n, patient_id=patient, dose_report=False)
+        files += [p for series in study.values() for p in series.paths]
+    sent = storescu(system.dicom_port, files, extra=["-R"])
+    assert sent.returncode == 0, sent.stderr
+    wait_until(
+        lambda: len([j for j in system.jobs() if str(j.state) == "sent"]) == 2 or None,
+        300,
+        what=f"two sent jobs (jobs: {[(j.id, str(j.state), j.error) for j in system.jobs()]})",
+    )
+    csv_file = tmp_path / "outcomes.csv"
+    csv_file.write_text(
+        "patient_id,issuer,assessment_date,response\n"
+        + "".join(f"{p},HOSP,2026-03-02,{r}\n" for p, r in patients.items())
+    )
+    assert _tace(system, "outcomes", "import", str(csv_file)).returncode == 0
+    cohort = tmp_path / "cohort"
+    exported = _tace(system, "cohort", "export", str(cohort))
+    assert exported.returncode == 0, exported.stderr
+    header = (cohort / "manifest.csv").read_text().splitlines()[0].split(",")
+    assert header[2:5] == ["volume_arterial", "volume_delayed", "volume_portal_venous"]
+    evaluated = _tace(
+        system,
+        "evaluate",
+        str(three_phase_checkpoint),
+        str(cohort / "manifest.csv"),
+        "--out",
+        str(tmp_path / "eval"),
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    by_case = {case["case_id"]: case["probability"] for case in report["cases"]}
+    stored = _stored_predictions(system)
+    differences = [abs(by_case[f"job{job_id}"] - probability) for job_id, probability in stored.values()]
+    print(f"three phases: evaluate vs stored probabilities, largest difference {max(differences):.2e}")
+    assert len(differences) == 2 and max(differences) < 1e-4
