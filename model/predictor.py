@@ -14,6 +14,7 @@ from torch import Tensor
 from model.checkpoint import LoadedCheckpoint, load_checkpoint
 from model.config import CLASS_NAMES
 from model.device import inference_precision, resolve_device
+from model.image_stats import volume_statistics
 from model.preprocess import check_volume_shape, preprocess_volume
 
 
@@ -33,6 +34,8 @@ class PredictionResult:
     timings: dict[str, float] = field(default_factory=dict)
     validation: str | None = None
     """The checkpoint's validated AUC with its CI, in words."""
+    image_stats: dict[str, float | None] | None = None
+    """Statistics of the volume the model read (``model.image_stats``, thickness unknown here), for drift."""
 
 
 class Predictor:
@@ -102,6 +105,10 @@ class Predictor:
         if self.calibrator is not None:
             probability = float(self.calibrator.apply(np.asarray([probability]))[0])
         timings["model"] = time.perf_counter() - start
+        image_stats = None
+        if variant.uses_image:
+            hu = volume_hu.cpu().numpy() if isinstance(volume_hu, Tensor) else np.asarray(volume_hu)
+            image_stats = volume_statistics(hu, None)
         threshold = self.meta.threshold
         return PredictionResult(
             probability=probability,
@@ -115,4 +122,5 @@ class Predictor:
             slices_used=slices_used,
             timings=timings,
             validation=self.meta.validation_statement,
+            image_stats=image_stats,
         )

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from hl7_clinical.explain import explain_missing_labs
 from hl7_clinical.identity import IdentityRules
-from model.image_stats import volume_statistics
+from model.predictor import PredictionResult
 from tace.db import Instance, Job, JobState, Prediction, Series, Stage, Study, session_scope, utcnow
 from tace.display import probability_text
 from tace.jobs import MODEL_CHANGED, Lease, mark_published, refresh_predecessor
@@ -41,6 +41,8 @@ class _Job:
     case: pipeline.Case
     selected_for: tuple[str, ...] | None
     """The phases of the contract the study was selected for; None: a job of one series."""
+    slice_thickness_mm: float | None = None
+    """The reference series' Slice Thickness as the listener read it."""
 
 
 def study_time(study: Study, series: Series) -> dt.datetime:
@@ -122,7 +124,14 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
             patient_sex=study.patient_sex,
         )
         selected_for = tuple(contract["phases"]) if "phases" in contract else None
-        return _Job(job.created_at, study.study_instance_uid, case, selected_for)
+        thickness = (series.tags or {}).get("slice_thickness")
+        return _Job(
+            job.created_at,
+            study.study_instance_uid,
+            case,
+            selected_for,
+            float(thickness) if thickness else None,
+        )
 
 
 def run_infer(ctx: WorkerContext, job_id: int) -> StageOutcome:
@@ -152,13 +161,8 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
     rule = pipeline.LabsRule(
         settings.required_features, impute=remaining <= 0 and settings.labs_missing_policy == "impute"
     )
-    gathered = pipeline.gather(
+    result = pipeline.run_case(
         job.case, labs=ctx.engine, predictor=ctx.predictor, labs_rule=rule, decode_pool=ctx.decode_pool
-    )
-    result = (
-        pipeline.predict(gathered, predictor=ctx.predictor)
-        if isinstance(gathered, pipeline.Inputs)
-        else gathered
     )
     if isinstance(result, pipeline.LabsMissing):
         definitions = ctx.predictor.meta.schema.by_name()
@@ -203,22 +207,16 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
         StageOutcome.predicted,
         detail=f"{prediction.label} p={probability_text(prediction.probability)}",
         record=partial(
-            _save_prediction, lease.job_id, result, ctx.storage.relative(path), _image_stats(gathered)
+            _save_prediction, lease.job_id, result, ctx.storage.relative(path), _image_stats(job, prediction)
         ),
     )
 
 
-def _image_stats(inputs: pipeline.Inputs | pipeline.LabsMissing | pipeline.Refused) -> dict[str, Any] | None:
-    """Statistics of what the model read (all phases when several), for image drift."""
-    if not isinstance(inputs, pipeline.Inputs):
+def _image_stats(job: _Job, prediction: PredictionResult) -> dict[str, Any] | None:
+    """The predictor's volume statistics with the reference series' slice thickness, for image drift."""
+    if prediction.image_stats is None:
         return None
-    volume = inputs.model_input if inputs.model_input is not None else inputs.volume.hu
-    header = inputs.volume.headers[0] if inputs.volume.headers else None
-    try:
-        thickness = float(header.get("SliceThickness") or 0) if header is not None else 0.0
-    except (TypeError, ValueError):
-        thickness = 0.0
-    return volume_statistics(volume, thickness or None)
+    return {**prediction.image_stats, "slice_thickness_mm": job.slice_thickness_mm}
 
 
 def _save_prediction(
