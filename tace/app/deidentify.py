@@ -145,7 +145,7 @@ class Deidentifier:
         elif element.VR == "DA":
             element.value = _each(element.value, lambda v: _shift_date(v, pseudonym))
         elif element.VR == "DT":
-            element.value = _each(element.value, lambda v: _shift_date(v[:8], pseudonym) + v[8:] if v else v)
+            element.value = _each(element.value, lambda v: _shift_datetime(v, pseudonym))
 
     def _clean_meta(self, meta: FileMetaDataset) -> None:
         for keyword in ("MediaStorageSOPInstanceUID",):
@@ -179,6 +179,12 @@ def _shift_date(value: str, pseudonym: Pseudonym) -> str:
     except ValueError:
         return ""
     return pseudonym.date(real).strftime("%Y%m%d")
+
+
+def _shift_datetime(value: str, pseudonym: Pseudonym) -> str:
+    """A DT value with its date part moved (time and offset kept); unreadable ones are dropped."""
+    shifted = _shift_date(value[:8], pseudonym)
+    return shifted + value[8:] if shifted else ""
 
 
 def _identifiers(dataset: Dataset) -> list[tuple[str, bytes]]:

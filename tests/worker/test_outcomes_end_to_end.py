@@ -145,12 +145,21 @@ def test_outcomes_over_mllp_and_csv_give_the_hand_computed_auc_and_the_export_ev
     images = {row["statistic"]: row for row in performance["drift"]["images"]}
     assert (images["slices"]["live_median"], images["slices"]["training_median"]) == (8.0, 6.0)
     assert images["body_hu_mean"]["live_median"] is not None
+    # thickness as the listener read it (2.5 mm); the demo cohort's manifest gives none
+    assert (images["slice_thickness_mm"]["live_median"], images["slice_thickness_mm"]["training_median"]) == (
+        2.5,
+        None,
+    )
     assert (version["outcomes"], version["progressions"]) == (6, 3)
     control = [stored[p][1] for p, r in RESPONSES.items() if r != "PD"]
     progression = [stored[p][1] for p, r in RESPONSES.items() if r == "PD"]
     by_hand = mann_whitney_auc(control, progression)
     print(f"live AUC {version['auc']['value']} vs by hand {by_hand} (6 outcomes, 3 progressive)")
     assert version["auc"]["value"] == pytest.approx(by_hand, abs=1e-12)
+    # six outcomes give a wide interval: under the alert level once six are enough to judge by
+    assert performance["alerts"] == [] and version["auc"]["low"] < 0.6
+    alerted = _tace(system, "model", "performance", performance_alert_min_outcomes=6)
+    assert "WARNING: model " in alerted.stdout and "under the alert level 0.60" in alerted.stdout
 
     cohort = tmp_path / "cohort"
     exported = _tace(system, "cohort", "export", str(cohort))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from model.contract import THREE_PHASES
 from model.data import load_case_volume, read_manifest
 from model.schema import FeatureSchema
 from tace import phi
+from tace.app.deidentify import Deidentifier, DeidentifyError
 from tace.app.synthetic_ct import SeriesSpec, write_series
 from tace.db import Job, Outcome, Series, Study, session_scope
 from tests.support.outcomes import add_prediction
@@ -264,3 +266,36 @@ def test_a_multi_phase_job_exports_one_aligned_column_per_phase(
         # delayed z = -80 - 5 k: every second slice lands on one, the others halfway between two
         np.testing.assert_allclose(stacked[1::2, 2], delayed[2:5], atol=1e-3)
         np.testing.assert_allclose(stacked[0, 2], (delayed[1] + delayed[2]) / 2, atol=1e-2)
+
+
+def test_dates_in_sequences_and_date_times_move_and_an_id_left_in_free_text_refuses_the_copy(
+    tmp_path: Path,
+) -> None:
+    item = pydicom.Dataset()
+    item.ReferringPhysicianName = "Hargreaves^Theodora"
+    item.AcquisitionDate = "20260114"
+    spec = SeriesSpec(
+        slices=2,
+        rows=8,
+        columns=8,
+        patient_id="FREE0042",
+        patient_name="Quillfeather^Amalia",
+        extra={"AcquisitionDateTime": "20260115093012.5+0100", "ReferencedImageEvidenceSequence": [item]},
+    )
+    clean = write_series(spec, tmp_path / "clean")
+    deidentifier = Deidentifier()
+    out = deidentifier.copy_series(clean, tmp_path / "out", "hash-1")
+    shift = deidentifier.patient("hash-1").shift
+    copy = pydicom.dcmread(sorted(out.glob("*.dcm"))[0])
+    assert copy.AcquisitionDateTime == (dt.date(2026, 1, 15) - shift).strftime("%Y%m%d") + "093012.5+0100"
+    nested = copy.ReferencedImageEvidenceSequence[0]
+    assert nested.AcquisitionDate == (dt.date(2026, 1, 14) - shift).strftime("%Y%m%d")
+    assert str(nested.ReferringPhysicianName) == ""
+    assert copy.SOPClassUID == pydicom.dcmread(clean[0]).SOPClassUID  # standard UIDs stay
+
+    leaky = write_series(
+        dataclasses.replace(spec, extra={"ImageComments": "follow-up of FREE0042"}), tmp_path / "leaky"
+    )
+    with pytest.raises(DeidentifyError, match=r"would still hold the patient ID$"):
+        deidentifier.copy_series(leaky, tmp_path / "refused", "hash-1")
+    assert not (tmp_path / "refused").exists()
