@@ -132,10 +132,7 @@ class Deidentifier:
         dataset.PatientID = pseudonym.name
         dataset.PatientIdentityRemoved = "YES"
         dataset.LongitudinalTemporalInformationModified = "MODIFIED"
-        dataset.DeidentificationMethod = (
-            "TACE gateway cohort export: names, IDs, institution removed; dates shifted per patient; "
-            "UIDs replaced"
-        )
+        dataset.DeidentificationMethod = "TACE cohort export: IDs, names removed; dates shifted; new UIDs"
 
     def _element(self, element: DataElement, pseudonym: Pseudonym) -> None:
         if element.VR == "PN":

@@ -115,6 +115,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.filterwarnings("error:The value length:UserWarning")  # pydicom: a value over its VR's length
 def test_date_range_and_deidentified_copies_hold_no_name_id_or_real_date(
     tmp_path: Path, data_dir: Path, sqlite_engine: Engine, keyed: None
 ) -> None:
@@ -268,6 +269,7 @@ def test_a_multi_phase_job_exports_one_aligned_column_per_phase(
         np.testing.assert_allclose(stacked[0, 2], (delayed[1] + delayed[2]) / 2, atol=1e-2)
 
 
+@pytest.mark.filterwarnings("error:The value length:UserWarning")  # pydicom: a value over its VR's length
 def test_dates_in_sequences_and_date_times_move_and_an_id_left_in_free_text_refuses_the_copy(
     tmp_path: Path,
 ) -> None:
