@@ -320,10 +320,14 @@ class DeliveryKind(enum.StrEnum):
     sr = "sr"
     rejection = "rejection"
     """The IOCM rejection note that withdraws the predecessor's SR."""
+    hl7_result = "hl7_result"
+    """The ORU^R01 with the prediction, to TACE_HL7_RESULT_DESTINATION (OBX-11 C when it corrects)."""
+    fhir_report = "fhir_report"
+    """The FHIR DiagnosticReport with the prediction, to TACE_FHIR_BASE_URL."""
 
 
 class Delivery(SQLModel, table=True):
-    """The outcome of sending one job's SR (or its rejection note) to one destination."""
+    """The outcome of sending one job's SR (its rejection note, its EHR result) to one destination."""
 
     __table_args__ = (
         sa.UniqueConstraint("job_id", "destination", "kind", name="uq_delivery_job_destination_kind"),

@@ -174,6 +174,24 @@ def parse_destination(text: str) -> Destination | DicomwebDestination:
     return Destination.parse(text)
 
 
+class Hl7Peer(BaseModel, frozen=True):
+    """An MLLP receiver of our results, written ``host:port``."""
+
+    host: str
+    port: Port
+
+    @classmethod
+    def parse(cls, text: str) -> Hl7Peer:
+        match = re.fullmatch(r"\s*(\[[^\]]+\]|[^:@\s\[\]]+):(\d+)\s*", text)
+        if not match:
+            raise ValueError(f"{text!r} is not of the form host:port")
+        host, port = match.groups()
+        return cls(host=host.strip("[]"), port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
 def default_data_dir() -> Path:
     """One place whatever the working directory: ``$XDG_DATA_HOME/tace``, else ``~/.local/share/tace``.
 
@@ -473,6 +491,70 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    # Results to the EHR (HL7 v2 ORU^R01 over MLLP, FHIR R4 DiagnosticReport), beside the SR.
+    hl7_result_destination: Hl7Peer | None = None
+    """``host:port`` of an MLLP receiver that gets one ORU^R01 per prediction; unset: none is sent."""
+    hl7_result_sending_application: str = "TACE"
+    hl7_result_sending_facility: str = ""
+    hl7_result_receiving_application: str = ""
+    hl7_result_receiving_facility: str = ""
+    hl7_result_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Connecting, and waiting for the ACK, before the attempt counts as transient."""
+    fhir_base_url: str | None = None
+    """FHIR R4 server that gets one DiagnosticReport per prediction; unset: none is sent."""
+    fhir_token: SecretStr | None = None
+    fhir_token_file: Path | None = None
+    """A file holding the bearer token (read at each delivery, so it can be rotated)."""
+    fhir_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("hl7_result_destination", mode="before")
+    @classmethod
+    def _parse_hl7_peer(cls, value: Any) -> Any:
+        return Hl7Peer.parse(value) if isinstance(value, str) else value
+
+    @field_validator(
+        "hl7_result_sending_application",
+        "hl7_result_sending_facility",
+        "hl7_result_receiving_application",
+        "hl7_result_receiving_facility",
+        mode="after",
+    )
+    @classmethod
+    def _hl7_name(cls, value: str) -> str:
+        if any(c in value for c in "|^~\\&\r\n") or len(value) > 180:
+            raise ValueError("must be at most 180 characters without HL7 delimiters (| ^ ~ \\ &)")
+        return value
+
+    @field_validator("fhir_base_url", mode="after")
+    @classmethod
+    def _fhir_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("must be an http:// or https:// base URL without query or fragment")
+        if len(value) > 120:
+            raise ValueError("must be at most 120 characters (it names the destination of each delivery)")
+        return value.rstrip("/")
+
+    @field_validator("fhir_token_file", mode="after")
+    @classmethod
+    def _one_fhir_token(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        if info.data.get("fhir_token") is not None:
+            raise ValueError("set TACE_FHIR_TOKEN or TACE_FHIR_TOKEN_FILE, not both")
+        if not value.is_file():
+            raise ValueError("no such file")
+        return value
+
+    def fhir_bearer_token(self) -> str | None:
+        """The token for the FHIR server, from the setting or its file (never logged)."""
+        if self.fhir_token is not None:
+            return self.fhir_token.get_secret_value()
+        if self.fhir_token_file is not None:
+            return self.fhir_token_file.read_text().strip() or None
+        return None
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -7,6 +7,11 @@ and 0xCxxx mean the PACS will never take this object: the job fails with the
 status and the PACS's comment. Destinations that accepted are not sent again;
 the job is ``sent`` when every destination has accepted, and ``no_destination``
 (never ``sent``) when none is configured: the SR stays in the data dir.
+
+Configured EHR channels (an ORU^R01 over MLLP, a FHIR DiagnosticReport; see
+:mod:`worker.ehr_send`) are destinations too, with the same retry classes and
+Delivery rows of their own kinds: the job is ``sent`` when the SR and every
+result are delivered.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from tace.settings import Destination, DicomwebDestination, Settings
 from tace.storage import atomic_write
 from worker.context import WorkerContext
 from worker.dicomweb_send import stow_instance
+from worker.ehr_result import load_result
+from worker.ehr_send import EhrChannel, ehr_channels
 from worker.rejection import build_rejection, rejection_uid
 from worker.send_result import SendResult
 from worker.stage import StageOutcome, StageResult, run_claimed
@@ -169,7 +176,8 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
     if prediction.sr_path is None or prediction.sr_sop_instance_uid is None:
         return StageResult.failed("send: no SR was stored for this job; replay from infer")
     path = ctx.storage.resolve(prediction.sr_path)
-    if not settings.destinations:
+    channels = ehr_channels(settings)
+    if not settings.destinations and not channels:
         return StageResult(
             StageOutcome.no_destination,
             detail="nothing sent: no destination configured (TACE_DESTINATIONS); "
@@ -200,6 +208,11 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
             pending.append((name, sr_done.detail, sr_done.attempts))
         elif sr_done.state == DeliveryState.failed:
             permanent.append((name, sr_done.detail))
+    for name, done in _deliver_results(ctx, lease, deliveries, channels):
+        if done.state == DeliveryState.retrying:
+            pending.append((name, done.detail, done.attempts))
+        elif done.state == DeliveryState.failed:
+            permanent.append((name, done.detail))
     if permanent:
         reason = "; ".join(f"{name} refused: {detail}" for name, detail in permanent)
         return StageResult.failed(f"send: {reason}")
@@ -221,10 +234,68 @@ def _send(ctx: WorkerContext, lease: Lease) -> StageResult:
     if kept:
         log.warning("send.rejection_not_delivered", destinations=[name for name, _ in kept])
         withdrawn += "; previous SR NOT withdrawn at " + "; ".join(f"{name}: {why}" for name, why in kept)
-    return StageResult(
-        StageOutcome.sent,
-        detail=f"SR {prediction.sr_sop_instance_uid} accepted by every destination{withdrawn}",
+    sr_where = (
+        f"SR {prediction.sr_sop_instance_uid} accepted by every destination"
+        if settings.destinations
+        else f"SR kept at {prediction.sr_path} (no TACE_DESTINATIONS)"
     )
+    ehr_where = "; result delivered to " + ", ".join(_channel_label(c) for c in channels) if channels else ""
+    return StageResult(StageOutcome.sent, detail=f"{sr_where}{withdrawn}{ehr_where}")
+
+
+_CHANNEL_WORDS = {DeliveryKind.hl7_result: "HL7", DeliveryKind.fhir_report: "FHIR"}
+
+
+def _channel_label(channel: EhrChannel) -> str:
+    return f"{_CHANNEL_WORDS[channel.kind]} {channel.name}"
+
+
+def _deliver_results(
+    ctx: WorkerContext,
+    lease: Lease,
+    deliveries: dict[tuple[str, DeliveryKind], Delivery],
+    channels: list[EhrChannel],
+) -> list[tuple[str, _Delivered]]:
+    """The prediction to each configured EHR channel (:mod:`worker.ehr_send`), as SRs go to the PACS."""
+    if not channels:
+        return []
+    with session_scope(ctx.engine) as session:
+        result = load_result(session, lease.job_id)
+    done = []
+    for channel in channels:
+        label = _channel_label(channel)
+        previous = deliveries.get((channel.name, channel.kind))
+        if previous is not None and previous.state == DeliveryState.delivered:
+            done.append(
+                (label, _Delivered(DeliveryState.delivered, previous.detail or "", previous.attempts))
+            )
+            continue
+        if result is None:
+            done.append((label, _Delivered(DeliveryState.failed, "no study or SR for this job", 0)))
+            continue
+        outcome = channel.send(result, result.corrected(channel.name, channel.kind))
+        attempts = (previous.attempts if previous else 0) + 1
+        state = (
+            DeliveryState.delivered
+            if outcome.delivered
+            else DeliveryState.retrying
+            if outcome.transient
+            else DeliveryState.failed
+        )
+        sent = SendResult(outcome.delivered, outcome.transient, None, outcome.detail)
+        _record(
+            ctx, lease.job_id, channel.name, channel.kind, result.sr_sop_instance_uid, state, sent, attempts
+        )
+        metric("sends").labels(destination=channel.name, outcome=state.value).inc()
+        log.info(
+            f"{channel.kind.value}.delivery",
+            destination=channel.name,
+            state=state,
+            detail=outcome.detail,
+            attempts=attempts,
+        )
+        done.append((label, _Delivered(state, outcome.detail, attempts)))
+    return done
 
 
 @dataclass(frozen=True)

@@ -411,11 +411,27 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+DELIVERY_CHANNELS = {
+    "sr": "SR",
+    "rejection": "rejection note",
+    "hl7_result": "HL7 ORU^R01",
+    "fhir_report": "FHIR DiagnosticReport",
+}
+"""What each kind of delivery is, in the words of the job page and `tace jobs show`."""
+
+
 def deliveries(session: Session, job_id: int) -> list[dict[str, Any]]:
+    """Every delivery of the job's results (SR, rejection note, EHR channels), with its channel in words."""
     from tace.db import Delivery
 
     rows = session.exec(select(Delivery).where(Delivery.job_id == job_id).order_by(col(Delivery.id))).all()
-    return [row.model_dump(exclude={"id", "job_id"}) for row in rows]
+    return [
+        {
+            "channel": DELIVERY_CHANNELS.get(str(row.kind), str(row.kind)),
+            **row.model_dump(exclude={"id", "job_id"}),
+        }
+        for row in rows
+    ]
 
 
 def patient_identity(session: Session, job_id: int) -> dict[str, Any] | None:

@@ -50,10 +50,6 @@ def jobs_list(
         typer.echo(line)
 
 
-_DELIVERED_OBJECTS = {"sr": "SR", "rejection": "rejection note"}
-"""How ``tace jobs show`` names what a delivery carried."""
-
-
 @jobs_app.command("show")
 def jobs_show(
     ctx: typer.Context,
@@ -114,9 +110,8 @@ def jobs_show(
     if sent:
         typer.echo("  deliveries (object -> destination: state, attempts, detail)")
         for d in sent:
-            what = _DELIVERED_OBJECTS.get(str(d["kind"]), str(d["kind"]))
-            typer.echo(
-                f"    {what} -> {d['destination']}: {d['state']}, {d['attempts']}, {d['detail'] or '-'}"
+                        typer.echo(
+                f"    {d['channel']} -> {d['destination']}: {d['state']}, {d['attempts']}, {d['detail'] or '-'}"
             )
 
 

@@ -1,0 +1,315 @@
+"""Results to the EHR: ORU^R01 over MLLP and a FHIR DiagnosticReport, from the send stage.
+
+The receivers are real (a socket with MLLP framing, an HTTP server doing
+conditional updates) and record what arrived; hl7apy and fhir.resources, not
+our builders, judge what was sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import hl7
+import pytest
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.observation import Observation
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from tace.app.replay import replay_job
+from tace.db import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    Prediction,
+    Series,
+    Stage,
+    Study,
+    session_scope,
+    utcnow,
+)
+from tace.jobs import claim, create_study_job, finish
+from tace.metrics import metric
+from tace.settings import SettingsError, load_settings
+from tests.factories import add_series
+from tests.support.ehr_receivers import FhirServer, MllpReceiver
+from tests.support.services import free_port
+from worker.context import WorkerContext
+from worker.send import run_send
+from worker.sr import sr_identity
+
+TOKEN = "s3cret-bearer-token"
+
+
+@pytest.fixture
+def mllp() -> Iterator[MllpReceiver]:
+    receiver = MllpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def fhir() -> Iterator[FhirServer]:
+    server = FhirServer(token=TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def context(make_settings, sqlite_engine: Engine) -> Callable[..., WorkerContext]:
+    def build(**settings: Any) -> WorkerContext:
+        return WorkerContext(
+            make_settings(broker_url="memory://", send_retry_max_seconds=1, **settings), sqlite_engine
+        )
+
+    return build
+
+
+def _predicted(engine: Engine, *, series_id: int | None = None, generation: int = 1) -> int:
+    """A job of a study with the patient's identifiers, predicted and ready to send."""
+    series_id = series_id or add_series(engine)
+    with session_scope(engine) as session:
+        series = session.get(Series, series_id)
+        study = session.get(Study, series.study_id)
+        study.patient_id, study.issuer_of_patient_id = "EHR0001", "HOSP"
+        study.patient_name, study.patient_birth_date, study.patient_sex = "Doe^Jane", "19600102", "F"
+        study.accession_number, study.study_datetime = "ACC77", dt.datetime(2026, 3, 4, 10, 20, 30)
+        job = create_study_job(
+            session,
+            study_id=study.id,
+            series_id=series_id,
+            generation=generation,
+            selection={},
+            detail="test",
+        )
+        job_id, study_uid = job.id, study.study_instance_uid
+    lease = claim(engine, job_id, Stage.infer, stall_seconds=60)
+    assert lease is not None
+    identity = sr_identity(study_uid, "1.0.0", generation)
+    with session_scope(engine) as session:
+        session.add(
+            Prediction(
+                job_id=job_id,
+                probability=0.734,
+                label="disease_control",
+                model_name="CLDCA",
+                model_version="1.0.0",
+                checkpoint_sha256="0" * 64,
+                demo_model=True,
+                threshold=0.5,
+                sr_sop_instance_uid=identity.sop_instance_uid,
+                sr_series_instance_uid=identity.series_instance_uid,
+                sr_path=f"dicom/{study_uid}/sr.dcm",
+            )
+        )
+    finish(engine, lease, JobState.predicted, stage=Stage.send)
+    return job_id
+
+
+def _job(engine: Engine, job_id: int) -> Job:
+    with session_scope(engine) as session:
+        return session.get(Job, job_id)
+
+
+def _deliveries(engine: Engine, job_id: int) -> dict[str, Delivery]:
+    with session_scope(engine) as session:
+        return {str(d.kind): d for d in session.exec(select(Delivery).where(Delivery.job_id == job_id))}
+
+
+def _strict(message: str) -> Any:
+    parsed = parse_message(message, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    assert parsed.validate()
+    return parsed
+
+
+def _obx_statuses(message: str) -> set[str]:
+    return {str(obx(11)) for obx in hl7.parse(message).segments("OBX")}
+
+
+def test_oru_and_report_are_delivered_once_and_validate(
+    context, sqlite_engine: Engine, mllp: MllpReceiver, fhir: FhirServer
+) -> None:
+    job_id = _predicted(sqlite_engine)
+    ctx = context(
+        hl7_result_destination=f"127.0.0.1:{mllp.port}", fhir_base_url=fhir.base_url, fhir_token=TOKEN
+    )
+    assert run_send(ctx, job_id) == "sent"
+    job = _job(sqlite_engine, job_id)
+    assert job.state == JobState.sent
+    rows = _deliveries(sqlite_engine, job_id)
+    assert {k: (r.destination, str(r.state)) for k, r in rows.items()} == {
+        "hl7_result": (f"127.0.0.1:{mllp.port}", "delivered"),
+        "fhir_report": (fhir.base_url, "delivered"),
+    }
+    (message,) = mllp.received
+    parsed = _strict(message)
+    assert parsed.msh.msh_9.value == "ORU^R01^ORU_R01"
+    patient = parsed.oru_r01_patient_result.oru_r01_patient
+    assert patient.pid.pid_3.value == "EHR0001^^^HOSP"
+    order = parsed.oru_r01_patient_result.oru_r01_order_observation
+    assert order.obr.obr_2.value == "ACC77^PACS" and order.obr.obr_7.value == "20260304102030"
+    assert order.obr.obr_25.value == "F"
+    values = {str(o.obx.obx_3.obx_3_1.value): o.obx.obx_5.value for o in order.oru_r01_observation}
+    assert values == {
+        "TACE-RESP": "DC^Disease control (CR+PR+SD)^99TACE",
+        "TACE-PDC": "0.734",
+        "TACE-THR": "0.500",
+        "TACE-MODEL": "CLDCA 1.0.0",
+    }
+    notes = [n.nte_3.value for n in order.nte]
+    assert notes[0].startswith("Research use only") and "synthetic data" in notes[1]
+    assert _obx_statuses(message) == {"F"}
+    (report,) = fhir.reports.values()
+    validated = DiagnosticReport.model_validate(report)
+    assert validated.status == "final"
+    observation = Observation.model_validate(report["contained"][0])
+    assert observation.valueCodeableConcept.coding[0].code == "DC"
+    assert observation.valueCodeableConcept.coding[0].system == "urn:tace:99TACE"
+    probability = observation.component[0].valueQuantity
+    assert (float(probability.value), probability.system, probability.code) == (
+        0.734,
+        "http://unitsofmeasure.org",
+        "1",
+    )
+    with session_scope(sqlite_engine) as session:
+        study_uid = session.get(Study, session.get(Series, job.series_id).study_id).study_instance_uid
+    assert observation.derivedFrom[0].identifier.value == f"urn:oid:{study_uid}"
+    assert observation.device.reference == "#model" and report["contained"][1]["resourceType"] == "Device"
+    assert report["subject"]["identifier"] == {"value": "EHR0001", "assigner": {"display": "HOSP"}}
+    assert fhir.requests[0]["authorization"] == f"Bearer {TOKEN}"
+    assert metric("sends").labels(destination=fhir.base_url, outcome="delivered")._value.get() >= 1
+
+
+def test_ae_then_aa_and_503_then_201_give_one_result_each(
+    context, sqlite_engine: Engine, mllp: MllpReceiver, fhir: FhirServer
+) -> None:
+    mllp.script = ["AE", "WRONG_ID", "SILENT"]
+    fhir.script = [503, 429]
+    job_id = _predicted(sqlite_engine)
+    ctx = context(
+        hl7_result_destination=f"127.0.0.1:{mllp.port}",
+        fhir_base_url=fhir.base_url,
+        fhir_token=TOKEN,
+        hl7_result_timeout_seconds=2,
+    )
+    assert run_send(ctx, job_id) == "retrying"
+    job = _job(sqlite_engine, job_id)
+    assert job.state == JobState.predicted and job.not_before > utcnow()
+    assert "AE for TACE" in job.error and "interface engine busy" in job.error
+    assert "HTTP 503: scripted 503" in job.error
+    assert run_send(ctx, job_id) == "retrying"
+    assert "names control ID 'SOMEONE-ELSE', not ours" in _job(sqlite_engine, job_id).error
+    assert run_send(ctx, job_id) == "retrying"
+    assert "connection closed before an ACK" in _job(sqlite_engine, job_id).error
+    assert run_send(ctx, job_id) == "sent"
+    assert len(mllp.received) == 4 and len(set(mllp.received)) == 1, "every attempt is the same message"
+    assert [len(v) for v in mllp.results.values()] == [1]
+    assert len(fhir.reports) == 1 and fhir.reports["1"]["meta"]["versionId"] == "1"
+    rows = _deliveries(sqlite_engine, job_id)
+    assert (rows["hl7_result"].attempts, rows["fhir_report"].attempts) == (4, 3)
+    assert run_send(ctx, job_id) == "not claimed"
+
+
+def test_a_receiver_that_comes_up_later_and_a_lost_fhir_answer_never_duplicate(
+    context, sqlite_engine: Engine, fhir: FhirServer
+) -> None:
+    port = free_port()
+    job_id = _predicted(sqlite_engine)
+    ctx = context(hl7_result_destination=f"127.0.0.1:{port}", fhir_base_url=fhir.base_url, fhir_token=TOKEN)
+    assert run_send(ctx, job_id) == "retrying"
+    assert "cannot deliver TACE" in _job(sqlite_engine, job_id).error
+    assert len(fhir.reports) == 1
+    # The FHIR server stored the report but its answer was lost: the retry updates that one report.
+    with session_scope(sqlite_engine) as session:
+        row = session.exec(select(Delivery).where(Delivery.kind == "fhir_report")).one()
+        row.state = DeliveryState.retrying
+        session.add(row)
+    receiver = MllpReceiver().start(port)
+    try:
+        assert run_send(ctx, job_id) == "sent"
+    finally:
+        receiver.stop()
+    assert [len(v) for v in receiver.results.values()] == [1]
+    assert len(fhir.reports) == 1 and fhir.reports["1"]["meta"]["versionId"] == "2"
+
+
+def test_ar_fails_the_job_with_the_reason_and_a_replay_delivers_it_once(
+    context, sqlite_engine: Engine, mllp: MllpReceiver
+) -> None:
+    mllp.script = ["AR"]
+    job_id = _predicted(sqlite_engine)
+    ctx = context(hl7_result_destination=f"127.0.0.1:{mllp.port}")
+    assert run_send(ctx, job_id) == "failed"
+    job = _job(sqlite_engine, job_id)
+    assert job.state == JobState.failed
+    assert job.error.startswith(f"send: HL7 127.0.0.1:{mllp.port} refused: AR for TACE")
+    assert job.error.endswith(": unknown receiving application")
+    assert mllp.results == {}
+    replay_job(sqlite_engine, job_id, Stage.send, new_generation=False, stall_seconds=60, reason="fixed")
+    assert run_send(ctx, job_id) == "sent"
+    assert [len(v) for v in mllp.results.values()] == [1]
+    assert _deliveries(sqlite_engine, job_id)["hl7_result"].attempts == 2
+
+
+def test_fhir_refusals_are_permanent_with_the_operation_outcome(
+    context, sqlite_engine: Engine, fhir: FhirServer
+) -> None:
+    fhir.script = [422]
+    job_id = _predicted(sqlite_engine)
+    assert run_send(context(fhir_base_url=fhir.base_url, fhir_token=TOKEN), job_id) == "failed"
+    assert _job(sqlite_engine, job_id).error == f"send: FHIR {fhir.base_url} refused: HTTP 422: scripted 422"
+    other = _predicted(sqlite_engine)
+    assert run_send(context(fhir_base_url=fhir.base_url, fhir_token="wrong"), other) == "failed"
+    error = _job(sqlite_engine, other).error
+    assert error.endswith("HTTP 401: bearer token missing or wrong") and "wrong" not in error.split(":")[0]
+    assert fhir.reports == {}
+
+
+def test_a_superseding_job_sends_a_correction_to_the_same_order_and_report(
+    context, sqlite_engine: Engine, mllp: MllpReceiver, fhir: FhirServer, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    ctx = context(
+        hl7_result_destination=f"127.0.0.1:{mllp.port}",
+        fhir_base_url=fhir.base_url,
+        fhir_token_file=token_file,
+    )
+    first = _predicted(sqlite_engine)
+    assert run_send(ctx, first) == "sent"
+    second = _predicted(sqlite_engine, series_id=_job(sqlite_engine, first).series_id, generation=2)
+    assert _job(sqlite_engine, second).predecessor_job_id == first
+    assert run_send(ctx, second) == "sent"
+    original, correction = mllp.received
+    parsed = _strict(correction)
+    order = parsed.oru_r01_patient_result.oru_r01_order_observation
+    assert order.obr.obr_25.value == "C" and _obx_statuses(correction) == {"C"}
+    first_order = hl7.parse(original).segment("OBR")
+    assert str(hl7.parse(correction).segment("OBR")(3)) == str(first_order(3)), "the same filler order"
+    assert hl7.parse(correction).segment("MSH")(10) != hl7.parse(original).segment("MSH")(10)
+    assert len(fhir.reports) == 1
+    report = DiagnosticReport.model_validate(fhir.reports["1"])
+    assert report.status == "amended" and fhir.reports["1"]["meta"]["versionId"] == "2"
+    assert Observation.model_validate(fhir.reports["1"]["contained"][0]).status == "amended"
+
+
+def test_ehr_settings_name_the_variable_and_never_show_a_token(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^TACE_HL7_RESULT_DESTINATION='ehr': 'ehr' is not of the form"):
+        load_settings(data_dir=tmp_path, hl7_result_destination="ehr")
+    with pytest.raises(SettingsError, match=r"^TACE_FHIR_BASE_URL='ftp://x': must be an http"):
+        load_settings(data_dir=tmp_path, fhir_base_url="ftp://x")
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file")
+    with pytest.raises(SettingsError) as both:
+        load_settings(data_dir=tmp_path, fhir_token=TOKEN, fhir_token_file=token_file)
+    assert "TACE_FHIR_TOKEN_FILE" in str(both.value) and TOKEN not in str(both.value)
+    with pytest.raises(SettingsError, match="TACE_HL7_RESULT_SENDING_FACILITY"):
+        load_settings(data_dir=tmp_path, hl7_result_sending_facility="A|B")
+    settings = load_settings(data_dir=tmp_path, fhir_base_url="https://ehr.example/fhir/", fhir_token=TOKEN)
+    assert settings.fhir_base_url == "https://ehr.example/fhir" and TOKEN not in repr(settings)

@@ -1,0 +1,130 @@
+"""What a result for the EHR says, gathered once for the HL7 v2 and the FHIR channel.
+
+Both channels send the same facts as the SR: the patient as the PACS sent it
+(ID and issuer), the accession number, the predicted response in the SR's
+declared private code system, the probability of disease control (UCUM ``1``),
+the model, and the research-use (and, for a demo model, synthetic-data) caveat.
+
+Identifiers are derived, never drawn at random, so a retry or a replay sends the
+same message again and a receiver that deduplicates keeps one result:
+``report_key`` comes from the SR series UID (one per study and model version),
+so a superseding job's result corrects the same order / report;
+``message_key`` comes from the SR instance UID (one per job generation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from tace.db import Delivery, DeliveryKind, DeliveryState, Job, Prediction, Series, Study
+from worker.sr import LABELS
+
+RESEARCH_USE = "Research use only; not for clinical decisions."
+MODEL_CODE = ("TACE-MODEL", "Model name and version")
+"""The OBX / component code naming the model; the SR carries the same as its algorithm identification."""
+
+
+def _key(prefix: str, uid: str) -> str:
+    return prefix + hashlib.sha256(uid.encode()).hexdigest()[:16].upper()
+
+
+@dataclass(frozen=True)
+class EhrResult:
+    job_id: int
+    study_instance_uid: str
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    accession_number: str | None
+    study_datetime: datetime | None
+    label: str
+    probability: float
+    threshold: float | None
+    model_name: str
+    model_version: str
+    demo_model: bool
+    predicted_at: datetime
+    sr_sop_instance_uid: str
+    sr_series_instance_uid: str
+    corrects: frozenset[tuple[str, DeliveryKind]]
+    """(destination, channel) pairs that hold the predecessor's result: there this one is a correction."""
+
+    @property
+    def message_key(self) -> str:
+        """MSH-10: 20 characters, the same on every attempt for this job's result."""
+        return _key("TACE", self.sr_sop_instance_uid)
+
+    @property
+    def report_key(self) -> str:
+        """OBR-3 and the DiagnosticReport identifier: one per study and model version."""
+        return _key("TACER", self.sr_series_instance_uid)
+
+    @property
+    def response_code(self) -> tuple[str, str]:
+        concept = LABELS[self.label]
+        return str(concept.value), str(concept.meaning)
+
+    def caveats(self) -> list[str]:
+        notes = [RESEARCH_USE]
+        if self.demo_model:
+            notes.append(
+                f"The model that produced this result ({self.model_name} {self.model_version}) is a DEMO "
+                "model trained on synthetic data; the prediction has no clinical meaning."
+            )
+        return notes
+
+    def corrected(self, destination: str, kind: DeliveryKind) -> bool:
+        return (destination, kind) in self.corrects
+
+
+def load_result(session: Session, job_id: int) -> EhrResult | None:
+    """The job's result, or None when it has no SR (nothing to report yet)."""
+    job = session.get(Job, job_id)
+    prediction = session.exec(select(Prediction).where(Prediction.job_id == job_id)).first()
+    if job is None or prediction is None or not prediction.sr_sop_instance_uid:
+        return None
+    if not prediction.sr_series_instance_uid:
+        return None
+    study_id = job.study_id
+    if study_id is None:
+        series = session.get(Series, job.series_id)
+        study_id = series.study_id if series is not None else None
+    study = session.get(Study, study_id) if study_id is not None else None
+    if study is None:
+        return None
+    corrects: frozenset[tuple[str, DeliveryKind]] = frozenset()
+    if job.predecessor_job_id is not None:
+        rows = session.exec(
+            select(Delivery.destination, Delivery.kind).where(
+                Delivery.job_id == job.predecessor_job_id,
+                Delivery.state == DeliveryState.delivered,
+            )
+        ).all()
+        corrects = frozenset((destination, DeliveryKind(kind)) for destination, kind in rows)
+    return EhrResult(
+        job_id=job_id,
+        study_instance_uid=study.study_instance_uid,
+        patient_id=study.patient_id,
+        issuer_of_patient_id=study.issuer_of_patient_id,
+        patient_name=study.patient_name,
+        patient_birth_date=study.patient_birth_date,
+        patient_sex=study.patient_sex,
+        accession_number=study.accession_number,
+        study_datetime=study.study_datetime,
+        label=prediction.label,
+        probability=prediction.probability,
+        threshold=prediction.threshold,
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
+        demo_model=prediction.demo_model,
+        predicted_at=prediction.created_at,
+        sr_sop_instance_uid=prediction.sr_sop_instance_uid,
+        sr_series_instance_uid=prediction.sr_series_instance_uid,
+        corrects=corrects,
+    )
