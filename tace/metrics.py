@@ -65,7 +65,11 @@ def _define() -> dict[str, Any]:
         "cstore": Counter("tace_cstore_responses", "C-STORE responses by status", ["status"]),
         "series": Counter("tace_series_completed", "Series completed", ["result"]),
         "stage": Histogram("tace_stage_seconds", "Job stage latency", ["stage"], buckets=LATENCY_BUCKETS),
-        "sends": Counter("tace_sr_sends", "SR sends by destination and outcome", ["destination", "outcome"]),
+        "sends": Counter(
+            "tace_sr_sends",
+            "Sends of SRs and EHR results by destination and outcome",
+            ["destination", "outcome"],
+        ),
         "hl7": Counter("tace_hl7_messages", "HL7 messages by ACK code", ["ack"]),
     }
 

@@ -8,19 +8,26 @@ our builders, judge what was sent.
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import hl7
 import pytest
+from fastapi.testclient import TestClient
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from listener.completion import CompletionPolicy, complete_series
+from listener.eligibility import EligibilityRules
+from tace.app.api.app import create_app
 from tace.app.replay import replay_job
 from tace.db import (
     Delivery,
@@ -39,8 +46,12 @@ from tace.metrics import metric
 from tace.settings import SettingsError, load_settings
 from tests.factories import add_series
 from tests.support.ehr_receivers import FhirServer, MllpReceiver
+from tests.support.ingest import ingest_files
+from tests.support.pacs import ScriptedPacs
+from tests.support.processes import tace_env
 from tests.support.services import free_port
 from worker.context import WorkerContext
+from worker.infer import run_infer
 from worker.send import run_send
 from worker.sr import sr_identity
 
@@ -313,3 +324,114 @@ def test_ehr_settings_name_the_variable_and_never_show_a_token(tmp_path: Path) -
         load_settings(data_dir=tmp_path, hl7_result_sending_facility="A|B")
     settings = load_settings(data_dir=tmp_path, fhir_base_url="https://ehr.example/fhir/", fhir_token=TOKEN)
     assert settings.fhir_base_url == "https://ehr.example/fhir" and TOKEN not in repr(settings)
+
+
+def test_a_study_through_infer_and_send_reaches_the_pacs_hl7_and_fhir_and_shows_per_channel(
+    make_settings,
+    sqlite_engine: Engine,
+    demo_checkpoint: Path,
+    ct_series,
+    data_dir: Path,
+    mllp: MllpReceiver,
+    fhir: FhirServer,
+) -> None:
+    """The worker's own stages on a stored study; the PACS first refuses for now, the EHR channels accept."""
+    pacs = ScriptedPacs(plan=[0xA700]).start()
+    ctx = WorkerContext(
+        make_settings(
+            model_checkpoint=demo_checkpoint,
+            device="cpu",
+            broker_url="memory://",
+            required_features=["albumin"],
+            labs_deadline_seconds=0,
+            send_retry_max_seconds=1,
+            destinations=pacs.destination,
+            hl7_result_destination=f"127.0.0.1:{mllp.port}",
+            fhir_base_url=fhir.base_url,
+            fhir_token=TOKEN,
+        ),
+        sqlite_engine,
+    )
+    ctx.storage.ensure()
+    try:
+        ingest_files(
+            sqlite_engine, ctx.storage, ct_series(slices=10, rows=48, columns=48, patient_id="EHR0002")
+        )
+        with session_scope(sqlite_engine) as session:
+            series = session.exec(select(Series)).one()
+        policy = CompletionPolicy(30, 1, EligibilityRules(min_slices=8))
+        assert complete_series(sqlite_engine, series.id, series.last_received_at, policy) == "complete"
+        with session_scope(sqlite_engine) as session:
+            job_id = session.exec(select(Job.id)).one()
+        assert run_infer(ctx, job_id) == "predicted"
+        assert run_send(ctx, job_id) == "retrying"
+        assert {k: str(r.state) for k, r in _deliveries(sqlite_engine, job_id).items()} == {
+            "sr": "retrying",
+            "hl7_result": "delivered",
+            "fhir_report": "delivered",
+        }
+        assert run_send(ctx, job_id) == "sent"
+        assert (len(mllp.received), len(fhir.requests), len(pacs.stored)) == (1, 1, 1)
+        _strict(mllp.received[0])
+        newer = replay_job(
+            sqlite_engine, job_id, Stage.infer, new_generation=True, stall_seconds=60, reason="rerun"
+        ).replayed_as
+        assert run_infer(ctx, newer) == "predicted"
+        assert run_send(ctx, newer) == "sent"
+    finally:
+        pacs.stop()
+    assert _obx_statuses(_strict(mllp.received[1]).to_er7()) == {"C"}
+    assert len(fhir.reports) == 1 and fhir.reports["1"]["status"] == "amended"
+    shown = subprocess.run(
+        [sys.executable, "-m", "tace", "jobs", "show", str(newer)],
+        env=tace_env(data_dir=data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert (
+        f"    HL7 ORU^R01           127.0.0.1:{mllp.port}: delivered, 1 attempt(s), AA for TACE"
+        in "\n".join(lines)
+    )
+    assert any(line.startswith(f"    FHIR DiagnosticReport {fhir.base_url}: delivered") for line in lines)
+    assert any(line.startswith(f"    DICOM SR              {pacs.destination}: delivered") for line in lines)
+    assert "result delivered to HL7" in shown.stdout
+
+
+def test_the_job_page_and_the_sends_counter_show_each_channel(
+    context, make_settings, sqlite_engine: Engine, mllp: MllpReceiver, fhir: FhirServer
+) -> None:
+    mllp.script = ["AE"]
+    job_id = _predicted(sqlite_engine)
+    ctx = context(
+        hl7_result_destination=f"127.0.0.1:{mllp.port}", fhir_base_url=fhir.base_url, fhir_token=TOKEN
+    )
+    assert run_send(ctx, job_id) == "retrying"
+    assert run_send(ctx, job_id) == "sent"
+    client = TestClient(create_app(make_settings(api_token=SecretStr("operator-secret")), sqlite_engine))
+    assert client.post("/login", data={"token": "operator-secret"}, follow_redirects=False).status_code == 303
+    page = client.get(f"/jobs/{job_id}").text
+    assert (
+        f'<td data-label="Channel">HL7 ORU^R01</td><td data-label="Destination">127.0.0.1:{mllp.port}</td>'
+        in page
+    )
+    assert (
+        f'<td data-label="Channel">FHIR DiagnosticReport</td><td data-label="Destination">{fhir.base_url}</td>'
+        in page
+    )
+    assert "EHR0001" not in page, "the AE text and details carry no patient identifier"
+    counts = {
+        (name, outcome): metric("sends").labels(destination=name, outcome=outcome)._value.get()
+        for name in (f"127.0.0.1:{mllp.port}", fhir.base_url)
+        for outcome in ("retrying", "delivered", "failed")
+    }
+    assert counts == {
+        (f"127.0.0.1:{mllp.port}", "retrying"): 1,
+        (f"127.0.0.1:{mllp.port}", "delivered"): 1,
+        (f"127.0.0.1:{mllp.port}", "failed"): 0,
+        (fhir.base_url, "retrying"): 0,
+        (fhir.base_url, "delivered"): 1,
+        (fhir.base_url, "failed"): 0,
+    }, "the sends counter that /metrics sums over processes"
