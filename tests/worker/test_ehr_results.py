@@ -47,9 +47,10 @@ from tace.settings import SettingsError, load_settings
 from tests.factories import add_series
 from tests.support.ehr_receivers import FhirServer, MllpReceiver
 from tests.support.ingest import ingest_files
+from tests.support.listener import storescu
 from tests.support.pacs import ScriptedPacs
 from tests.support.processes import tace_env
-from tests.support.services import free_port
+from tests.support.services import free_port, require_tool
 from worker.context import WorkerContext
 from worker.infer import run_infer
 from worker.send import run_send
@@ -435,3 +436,35 @@ def test_the_job_page_and_the_sends_counter_show_each_channel(
         (fhir.base_url, "delivered"): 1,
         (fhir.base_url, "failed"): 0,
     }, "the sends counter that /metrics sums over processes"
+
+
+@pytest.mark.slow
+def test_storescu_to_the_gateway_gives_one_sr_in_orthanc_one_oru_and_one_report(
+    gateway, ct_series, mllp: MllpReceiver, fhir: FhirServer
+) -> None:
+    """The processes of a deployment (listener, Redis, Celery worker) with the EHR busy once."""
+    require_tool("storescu", "/usr/bin/storescu")
+    mllp.script = ["AE"]
+    system = gateway(
+        send_retry_max_seconds=1,
+        hl7_result_destination=f"127.0.0.1:{mllp.port}",
+        fhir_base_url=fhir.base_url,
+        fhir_token=TOKEN,
+    )
+    system.start_listener()
+    system.start_worker()
+    result = storescu(system.dicom_port, ct_series(slices=12, rows=64, columns=64, patient_id="MRN0815"))
+    assert result.returncode == 0, result.stderr
+    job = system.wait_for_state("sent", timeout=120)
+    assert len(system.orthanc.sr_instances()) == 1
+    assert len(mllp.received) == 2 and [len(v) for v in mllp.results.values()] == [1]
+    parsed = _strict(mllp.received[-1])
+    # as received: this PACS sends no IssuerOfPatientID, so PID-3 names no assigning authority
+    assert parsed.oru_r01_patient_result.oru_r01_patient.pid.pid_3.value == "MRN0815"
+    (report,) = fhir.reports.values()
+    assert DiagnosticReport.model_validate(report).status == "final"
+    assert {k: (r.state, r.attempts) for k, r in _deliveries(system.engine, job.id).items()} == {
+        "sr": ("delivered", 1),
+        "hl7_result": ("delivered", 2),
+        "fhir_report": ("delivered", 1),
+    }
