@@ -27,7 +27,8 @@ START, END = b"\x0b", b"\x1c\r"
 
 @dataclass
 class MllpReceiver:
-    """``script`` holds the ACK codes for the next messages: AA, AE, AR, WRONG_ID (AA for another ID) or SILENT."""
+    """``script``: answers to the next messages, AA, AE, AR, WRONG_ID (AA for another control ID),
+    SILENT (close without an ACK) or HANG (keep the connection open without an ACK)."""
 
     script: list[str] = field(default_factory=list)
     received: list[str] = field(default_factory=list)
@@ -66,6 +67,9 @@ class MllpReceiver:
         control_id = str(hl7.parse(text).segment("MSH")(10))
         code = self.script.pop(0) if self.script else "AA"
         if code == "SILENT":
+            return False
+        if code == "HANG":
+            sock.recv(1)  # no answer: the sender gives up and closes
             return False
         acked = "SOMEONE-ELSE" if code == "WRONG_ID" else control_id
         code = "AA" if code == "WRONG_ID" else code

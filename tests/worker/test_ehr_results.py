@@ -8,6 +8,7 @@ our builders, judge what was sent.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -201,14 +202,14 @@ def test_oru_and_report_are_delivered_once_and_validate(
 def test_ae_then_aa_and_503_then_201_give_one_result_each(
     context, sqlite_engine: Engine, mllp: MllpReceiver, fhir: FhirServer
 ) -> None:
-    mllp.script = ["AE", "WRONG_ID", "SILENT"]
+    mllp.script = ["AE", "WRONG_ID", "SILENT", "HANG"]
     fhir.script = [503, 429]
     job_id = _predicted(sqlite_engine)
     ctx = context(
         hl7_result_destination=f"127.0.0.1:{mllp.port}",
         fhir_base_url=fhir.base_url,
         fhir_token=TOKEN,
-        hl7_result_timeout_seconds=2,
+        hl7_result_timeout_seconds=1,
     )
     assert run_send(ctx, job_id) == "retrying"
     job = _job(sqlite_engine, job_id)
@@ -219,12 +220,14 @@ def test_ae_then_aa_and_503_then_201_give_one_result_each(
     assert "names control ID 'SOMEONE-ELSE', not ours" in _job(sqlite_engine, job_id).error
     assert run_send(ctx, job_id) == "retrying"
     assert "connection closed before an ACK" in _job(sqlite_engine, job_id).error
+    assert run_send(ctx, job_id) == "retrying"
+    assert "no ACK within 1 s for TACE" in _job(sqlite_engine, job_id).error
     assert run_send(ctx, job_id) == "sent"
-    assert len(mllp.received) == 4 and len(set(mllp.received)) == 1, "every attempt is the same message"
+    assert len(mllp.received) == 5 and len(set(mllp.received)) == 1, "every attempt is the same message"
     assert [len(v) for v in mllp.results.values()] == [1]
     assert len(fhir.reports) == 1 and fhir.reports["1"]["meta"]["versionId"] == "1"
     rows = _deliveries(sqlite_engine, job_id)
-    assert (rows["hl7_result"].attempts, rows["fhir_report"].attempts) == (4, 3)
+    assert (rows["hl7_result"].attempts, rows["fhir_report"].attempts) == (5, 3)
     assert run_send(ctx, job_id) == "not claimed"
 
 
@@ -399,6 +402,20 @@ def test_a_study_through_infer_and_send_reaches_the_pacs_hl7_and_fhir_and_shows_
     assert any(line.startswith(f"    FHIR DiagnosticReport {fhir.base_url}: delivered") for line in lines)
     assert any(line.startswith(f"    DICOM SR              {pacs.destination}: delivered") for line in lines)
     assert "result delivered to HL7" in shown.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "tace", "jobs", "show", str(newer), "--json"],
+        env=tace_env(data_dir=data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    channels = {d["channel"]: d["state"] for d in json.loads(as_json.stdout)["deliveries"]}
+    assert channels == {
+        "DICOM SR": "delivered",
+        "IOCM rejection note": "failed",
+        "HL7 ORU^R01": "delivered",
+        "FHIR DiagnosticReport": "delivered",
+    }, "this scripted PACS takes no Key Object Selection, so the earlier SR is not withdrawn there"
 
 
 def test_the_job_page_and_the_sends_counter_show_each_channel(
@@ -468,3 +485,20 @@ def test_storescu_to_the_gateway_gives_one_sr_in_orthanc_one_oru_and_one_report(
         "hl7_result": ("delivered", 2),
         "fhir_report": ("delivered", 1),
     }
+
+
+def test_a_correction_only_where_the_earlier_result_arrived(
+    context, sqlite_engine: Engine, mllp: MllpReceiver, fhir: FhirServer
+) -> None:
+    mllp.script = ["AR"]
+    ctx = context(
+        hl7_result_destination=f"127.0.0.1:{mllp.port}", fhir_base_url=fhir.base_url, fhir_token=TOKEN
+    )
+    first = _predicted(sqlite_engine)
+    assert run_send(ctx, first) == "failed"
+    second = _predicted(sqlite_engine, series_id=_job(sqlite_engine, first).series_id, generation=2)
+    assert _job(sqlite_engine, second).predecessor_job_id == first
+    assert run_send(ctx, second) == "sent"
+    message = mllp.received[-1]
+    assert str(hl7.parse(message).segment("OBR")(25)) == "F" and _obx_statuses(message) == {"F"}
+    assert fhir.reports["1"]["status"] == "amended" and fhir.reports["1"]["meta"]["versionId"] == "2"
