@@ -25,7 +25,7 @@ from worker.sr import LABELS
 
 RESEARCH_USE = "Research use only; not for clinical decisions."
 MODEL_CODE = ("TACE-MODEL", "Model name and version")
-"""The OBX / component code naming the model; the SR carries the same as its algorithm identification."""
+"""The OBX code of the model's name and version (the SR names them in its algorithm identification)."""
 
 
 def _key(prefix: str, uid: str) -> str:

@@ -55,11 +55,11 @@ def _ts(value: dt.datetime) -> str:
 
 def _pid_name(dicom_name: str | None) -> tuple[str, ...] | str:
     """DICOM PN ``family^given^middle^prefix^suffix`` as XPN ``family^given^middle^suffix^prefix``."""
-    if not dicom_name:
-        return '""'
-    parts = (dicom_name.split("=")[0].split("^") + [""] * 5)[:5]
-    family, given, middle, prefix, suffix = parts
-    return tuple(p for p in (family, given, middle, suffix, prefix))
+    family, given, middle, prefix, suffix = ((dicom_name or "").split("=")[0].split("^") + [""] * 5)[:5]
+    components = [family, given, middle, suffix, prefix]
+    while components and not components[-1]:
+        components.pop()
+    return tuple(components) if components else '""'
 
 
 def build_oru(

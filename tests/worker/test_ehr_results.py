@@ -164,7 +164,7 @@ def test_oru_and_report_are_delivered_once_and_validate(
     parsed = _strict(message)
     assert parsed.msh.msh_9.value == "ORU^R01^ORU_R01"
     patient = parsed.oru_r01_patient_result.oru_r01_patient
-    assert patient.pid.pid_3.value == "EHR0001^^^HOSP"
+    assert patient.pid.pid_3.value == "EHR0001^^^HOSP" and patient.pid.pid_5.value == "Doe^Jane"
     order = parsed.oru_r01_patient_result.oru_r01_order_observation
     assert order.obr.obr_2.value == "ACC77^PACS" and order.obr.obr_7.value == "20260304102030"
     assert order.obr.obr_25.value == "F"
