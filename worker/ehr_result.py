@@ -20,6 +20,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
+from tace import phi
 from tace.db import Delivery, DeliveryKind, DeliveryState, Job, Prediction, Series, Study
 from worker.sr import LABELS
 
@@ -98,6 +99,8 @@ def load_result(session: Session, job_id: int) -> EhrResult | None:
     study = session.get(Study, study_id) if study_id is not None else None
     if study is None:
         return None
+    # A receiver may quote them back (an AR's text, an OperationOutcome): logs must scrub them.
+    phi.protect(study.patient_id, study.patient_name, study.patient_birth_date)
     corrects: frozenset[tuple[str, DeliveryKind]] = frozenset()
     if job.predecessor_job_id is not None:
         rows = session.exec(

@@ -91,6 +91,8 @@ class FhirServer:
     token: str
     script: list[int] = field(default_factory=list)
     """HTTP statuses to answer (with an OperationOutcome) before serving requests normally."""
+    refusal: str = "scripted"
+    """The OperationOutcome diagnostics of those answers (followed by the status)."""
     requests: list[dict[str, Any]] = field(default_factory=list)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Resource id -> the DiagnosticReport as stored (with meta.versionId)."""
@@ -133,7 +135,7 @@ class FhirServer:
             return 401, _outcome("security", "bearer token missing or wrong")
         if self.script:
             status = self.script.pop(0)
-            return status, _outcome("processing", f"scripted {status}")
+            return status, _outcome("processing", f"{self.refusal} {status}")
         if url.path != "/fhir/DiagnosticReport" or len(query.get("identifier", [])) != 1:
             return 400, _outcome("invalid", "expected PUT /DiagnosticReport?identifier=system|value")
         system, _, value = query["identifier"][0].partition("|")

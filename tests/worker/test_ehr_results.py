@@ -276,9 +276,12 @@ def test_fhir_refusals_are_permanent_with_the_operation_outcome(
     context, sqlite_engine: Engine, fhir: FhirServer
 ) -> None:
     fhir.script = [422]
+    fhir.refusal = "no Patient Doe^Jane born 19600102:"
     job_id = _predicted(sqlite_engine)
     assert run_send(context(fhir_base_url=fhir.base_url, fhir_token=TOKEN), job_id) == "failed"
-    assert _job(sqlite_engine, job_id).error == f"send: FHIR {fhir.base_url} refused: HTTP 422: scripted 422"
+    assert _job(sqlite_engine, job_id).error == (
+        f"send: FHIR {fhir.base_url} refused: HTTP 422: no Patient [redacted]^[redacted] born [redacted]: 422"
+    ), "an identifier the server quotes is scrubbed from the job (and the log, which the session scans)"
     other = _predicted(sqlite_engine)
     assert run_send(context(fhir_base_url=fhir.base_url, fhir_token="wrong"), other) == "failed"
     error = _job(sqlite_engine, other).error
