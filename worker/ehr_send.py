@@ -145,7 +145,11 @@ def put_report(settings: Settings, base_url: str, result: EhrResult, *, amended:
         method="PUT",
         headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
     )
-    token = settings.fhir_bearer_token()
+    try:
+        token = settings.fhir_bearer_token()
+    except OSError as exc:
+        # Rotated away, say: retried, so the report goes once the file is back.
+        return ChannelOutcome(False, True, f"cannot read TACE_FHIR_TOKEN_FILE: {exc.strerror}")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:

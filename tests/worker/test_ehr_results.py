@@ -303,6 +303,10 @@ def test_a_superseding_job_sends_a_correction_to_the_same_order_and_report(
     assert run_send(ctx, first) == "sent"
     second = _predicted(sqlite_engine, series_id=_job(sqlite_engine, first).series_id, generation=2)
     assert _job(sqlite_engine, second).predecessor_job_id == first
+    token_file.rename(tmp_path / "rotating")
+    assert run_send(ctx, second) == "retrying"
+    assert "cannot read TACE_FHIR_TOKEN_FILE: No such file or directory" in _job(sqlite_engine, second).error
+    (tmp_path / "rotating").rename(token_file)
     assert run_send(ctx, second) == "sent"
     original, correction = mllp.received
     parsed = _strict(correction)
