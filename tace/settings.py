@@ -531,8 +531,11 @@ class Settings(BaseSettings):
     def _fhir_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
-            raise ValueError("must be an http:// or https:// base URL without query or fragment")
+        if not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", value):
+            raise ValueError(
+                "must be an http:// or https:// base URL without credentials, query or fragment "
+                "(the token goes in TACE_FHIR_TOKEN or TACE_FHIR_TOKEN_FILE)"
+            )
         if len(value) > 120:
             raise ValueError("must be at most 120 characters (it names the destination of each delivery)")
         return value.rstrip("/")

@@ -326,6 +326,9 @@ def test_ehr_settings_name_the_variable_and_never_show_a_token(tmp_path: Path) -
         load_settings(data_dir=tmp_path, hl7_result_destination="ehr")
     with pytest.raises(SettingsError, match=r"^TACE_FHIR_BASE_URL='ftp://x': must be an http"):
         load_settings(data_dir=tmp_path, fhir_base_url="ftp://x")
+    with pytest.raises(SettingsError, match=r"without credentials") as with_password:
+        load_settings(data_dir=tmp_path, fhir_base_url="https://me:pa55@ehr.example/fhir")
+    assert str(with_password.value).startswith("TACE_FHIR_BASE_URL='https://***@ehr.example/fhir': ")
     token_file = tmp_path / "token"
     token_file.write_text("from-file")
     with pytest.raises(SettingsError) as both:
