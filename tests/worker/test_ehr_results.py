@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.exceptions import ValidationError as HL7apyValidationError
 from hl7apy.parser import parse_message
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
@@ -53,6 +54,8 @@ from tests.support.pacs import ScriptedPacs
 from tests.support.processes import tace_env
 from tests.support.services import free_port, require_tool
 from worker.context import WorkerContext
+from worker.ehr_result import EhrResult
+from worker.hl7_result import build_oru
 from worker.infer import run_infer
 from worker.send import run_send
 from worker.sr import sr_identity
@@ -512,3 +515,47 @@ def test_a_correction_only_where_the_earlier_result_arrived(
     message = mllp.received[-1]
     assert str(hl7.parse(message).segment("OBR")(25)) == "F" and _obx_statuses(message) == {"F"}
     assert fhir.reports["1"]["status"] == "amended" and fhir.reports["1"]["meta"]["versionId"] == "2"
+
+
+def test_delimiters_in_identifiers_are_escaped_and_hl7apy_would_catch_a_missing_status() -> None:
+    result = EhrResult(
+        job_id=1,
+        study_instance_uid="1.2.3",
+        patient_id="A|B^C&D~E",
+        issuer_of_patient_id="HOSP&LAB",
+        patient_name="O'Neil&Co^Ann",
+        patient_birth_date=None,
+        patient_sex=None,
+        accession_number=None,
+        study_datetime=None,
+        label="progressive_disease",
+        probability=0.2,
+        threshold=None,
+        model_name="CLDCA",
+        model_version="2",
+        demo_model=False,
+        predicted_at=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        sr_sop_instance_uid="1.2.3.4",
+        sr_series_instance_uid="1.2.3.5",
+        corrects=frozenset(),
+    )
+    message = build_oru(
+        result,
+        corrected=False,
+        sending_application="TACE",
+        sending_facility="",
+        receiving_application="",
+        receiving_facility="",
+    )
+    parsed = _strict(message)
+    pid = hl7.parse(message).segment("PID")
+    assert hl7.parse(message).unescape(str(pid(3)(1)(1))) == "A|B^C&D~E"
+    assert parsed.oru_r01_patient_result.oru_r01_patient.pid.pid_3.pid_3_4.value == "HOSP\\T\\LAB"
+    notes = [n.nte_3.value for n in parsed.oru_r01_patient_result.oru_r01_order_observation.nte]
+    assert notes == ["Research use only; not for clinical decisions."], (
+        "no synthetic-data note for a real model"
+    )
+    assert "PD^Progressive disease^99TACE" in message and "MSH|^~\\&|TACE|||" in message
+    without_status = message.replace("||||||F|||", "|||||||||", 1)
+    with pytest.raises(HL7apyValidationError, match="OBX_11"):
+        parse_message(without_status, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
