@@ -34,6 +34,7 @@ from tace.settings import Hl7Peer, Settings
 from worker.ehr_result import EhrResult
 from worker.fhir_result import build_report, report_identifier
 from worker.hl7_result import build_oru
+from worker.send_result import SendResult
 
 _MAX_ACK_BYTES = 1024 * 1024
 _HL7_ACK = {"AA": (True, False), "CA": (True, False), "AE": (False, True), "CE": (False, True)}
@@ -41,19 +42,11 @@ _HL7_ACK = {"AA": (True, False), "CA": (True, False), "AE": (False, True), "CE":
 
 
 @dataclass(frozen=True)
-class ChannelOutcome:
-    delivered: bool
-    transient: bool
-    detail: str
-    """The ACK code or HTTP status, with what the receiver said."""
-
-
-@dataclass(frozen=True)
 class EhrChannel:
     name: str
     """The destination as configured: what Delivery rows, logs and metrics call it."""
     kind: DeliveryKind
-    send: Callable[[EhrResult, bool], ChannelOutcome]
+    send: Callable[[EhrResult, bool], SendResult]
     """Deliver the result; the flag says it corrects a result this destination holds."""
 
 
@@ -81,7 +74,7 @@ def ehr_channels(settings: Settings) -> list[EhrChannel]:
     return channels
 
 
-def send_oru(settings: Settings, peer: Hl7Peer, result: EhrResult, *, corrected: bool) -> ChannelOutcome:
+def send_oru(settings: Settings, peer: Hl7Peer, result: EhrResult, *, corrected: bool) -> SendResult:
     """One connection, one framed ORU^R01, one ACK; never raises."""
     message = build_oru(
         result,
@@ -98,9 +91,9 @@ def send_oru(settings: Settings, peer: Hl7Peer, result: EhrResult, *, corrected:
             sock.sendall(START_BLOCK + message.encode() + END_BLOCK)
             raw = _read_frame(sock)
     except TimeoutError:
-        return ChannelOutcome(False, True, f"no ACK within {timeout:g} s for {control_id}")
+        return SendResult(False, True, None, f"no ACK within {timeout:g} s for {control_id}")
     except OSError as exc:
-        return ChannelOutcome(False, True, f"cannot deliver {control_id}: {exc}")
+        return SendResult(False, True, None, f"cannot deliver {control_id}: {exc}")
     return _judge_ack(raw, control_id)
 
 
@@ -118,23 +111,25 @@ def _read_frame(sock: socket.socket) -> bytes:
     return data[start + 1 : end]
 
 
-def _judge_ack(raw: bytes, control_id: str) -> ChannelOutcome:
+def _judge_ack(raw: bytes, control_id: str) -> SendResult:
     text = raw.decode("utf-8", errors="replace").replace("\r\n", "\r").replace("\n", "\r")
     try:
         msa = hl7.parse(text).segment("MSA")
     except (KeyError, ValueError, IndexError) as exc:
-        return ChannelOutcome(False, True, f"answer to {control_id} is not an ACK: {exc}")
+        return SendResult(False, True, None, f"answer to {control_id} is not an ACK: {exc}")
     code = str(msa(1)).strip().upper()
     acked = str(msa(2)).strip() if len(msa) > 2 else ""
     reason = str(msa(3)).strip() if len(msa) > 3 else ""
     if acked != control_id:
-        return ChannelOutcome(False, True, f"ACK {code} names control ID {acked!r}, not ours ({control_id})")
+        return SendResult(
+            False, True, None, f"ACK {code} names control ID {acked!r}, not ours ({control_id})"
+        )
     delivered, transient = _HL7_ACK.get(code, (False, False))
     detail = f"{code} for {control_id}" + (f": {reason}" if reason else "")
-    return ChannelOutcome(delivered, transient, detail)
+    return SendResult(delivered, transient, None, detail)
 
 
-def put_report(settings: Settings, base_url: str, result: EhrResult, *, amended: bool) -> ChannelOutcome:
+def put_report(settings: Settings, base_url: str, result: EhrResult, *, amended: bool) -> SendResult:
     """Conditional update of the DiagnosticReport by its identifier; never raises."""
     system, value = report_identifier(result)
     query = urllib.parse.urlencode({"identifier": f"{system}|{value}"})
@@ -149,7 +144,7 @@ def put_report(settings: Settings, base_url: str, result: EhrResult, *, amended:
         token = settings.fhir_bearer_token()
     except OSError as exc:
         # Rotated away, say: retried, so the report goes once the file is back.
-        return ChannelOutcome(False, True, f"cannot read TACE_FHIR_TOKEN_FILE: {exc.strerror}")
+        return SendResult(False, True, None, f"cannot read TACE_FHIR_TOKEN_FILE: {exc.strerror}")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -159,12 +154,12 @@ def put_report(settings: Settings, base_url: str, result: EhrResult, *, amended:
     except urllib.error.HTTPError as exc:
         status = exc.code
         transient = status in (408, 429) or status >= 500
-        return ChannelOutcome(False, transient, f"HTTP {status}: {_outcome_text(exc)}")
+        return SendResult(False, transient, None, f"HTTP {status}: {_outcome_text(exc)}")
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return ChannelOutcome(False, True, f"cannot reach the FHIR server: {reason}")
+        return SendResult(False, True, None, f"cannot reach the FHIR server: {reason}")
     where = f" ({location})" if location else ""
-    return ChannelOutcome(True, False, f"HTTP {status}{where}")
+    return SendResult(True, False, None, f"HTTP {status}{where}")
 
 
 def _outcome_text(error: urllib.error.HTTPError) -> str:

@@ -273,16 +273,15 @@ def _deliver_results(
         if result is None:
             done.append((label, _Delivered(DeliveryState.failed, "no study or SR for this job", 0)))
             continue
-        outcome = channel.send(result, result.corrected(channel.name, channel.kind))
+        sent = channel.send(result, result.corrected(channel.name, channel.kind))
         attempts = (previous.attempts if previous else 0) + 1
         state = (
             DeliveryState.delivered
-            if outcome.delivered
+            if sent.delivered
             else DeliveryState.retrying
-            if outcome.transient
+            if sent.transient
             else DeliveryState.failed
         )
-        sent = SendResult(outcome.delivered, outcome.transient, None, outcome.detail)
         _record(
             ctx, lease.job_id, channel.name, channel.kind, result.sr_sop_instance_uid, state, sent, attempts
         )
@@ -291,10 +290,10 @@ def _deliver_results(
             f"{channel.kind.value}.delivery",
             destination=channel.name,
             state=state,
-            detail=outcome.detail,
+            detail=sent.detail,
             attempts=attempts,
         )
-        done.append((label, _Delivered(state, outcome.detail, attempts)))
+        done.append((label, _Delivered(state, sent.detail, attempts)))
     return done
 
 

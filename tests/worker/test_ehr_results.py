@@ -407,13 +407,9 @@ def test_a_study_through_infer_and_send_reaches_the_pacs_hl7_and_fhir_and_shows_
         timeout=120,
     )
     assert shown.returncode == 0, shown.stderr
-    lines = shown.stdout.splitlines()
-    assert (
-        f"    HL7 ORU^R01           127.0.0.1:{mllp.port}: delivered, 1 attempt(s), AA for TACE"
-        in "\n".join(lines)
-    )
-    assert any(line.startswith(f"    FHIR DiagnosticReport {fhir.base_url}: delivered") for line in lines)
-    assert any(line.startswith(f"    DICOM SR              {pacs.destination}: delivered") for line in lines)
+    assert f"    HL7 ORU^R01 -> 127.0.0.1:{mllp.port}: delivered, 1, AA for TACE" in shown.stdout
+    assert f"    FHIR DiagnosticReport -> {fhir.base_url}: delivered, 1, HTTP 200 (" in shown.stdout
+    assert f"    SR -> {pacs.destination}: delivered, 1, status 0x0000" in shown.stdout
     assert "result delivered to HL7" in shown.stdout
     as_json = subprocess.run(
         [sys.executable, "-m", "tace", "jobs", "show", str(newer), "--json"],
@@ -424,8 +420,8 @@ def test_a_study_through_infer_and_send_reaches_the_pacs_hl7_and_fhir_and_shows_
     )
     channels = {d["channel"]: d["state"] for d in json.loads(as_json.stdout)["deliveries"]}
     assert channels == {
-        "DICOM SR": "delivered",
-        "IOCM rejection note": "failed",
+        "SR": "delivered",
+        "rejection note": "failed",
         "HL7 ORU^R01": "delivered",
         "FHIR DiagnosticReport": "delivered",
     }, "this scripted PACS takes no Key Object Selection, so the earlier SR is not withdrawn there"
@@ -445,11 +441,11 @@ def test_the_job_page_and_the_sends_counter_show_each_channel(
     assert client.post("/login", data={"token": "operator-secret"}, follow_redirects=False).status_code == 303
     page = client.get(f"/jobs/{job_id}").text
     assert (
-        f'<td data-label="Channel">HL7 ORU^R01</td><td data-label="Destination">127.0.0.1:{mllp.port}</td>'
+        f'<td data-label="Object">HL7 ORU^R01</td><td data-label="Destination">127.0.0.1:{mllp.port}</td>'
         in page
     )
     assert (
-        f'<td data-label="Channel">FHIR DiagnosticReport</td><td data-label="Destination">{fhir.base_url}</td>'
+        f'<td data-label="Object">FHIR DiagnosticReport</td><td data-label="Destination">{fhir.base_url}</td>'
         in page
     )
     assert "EHR0001" not in page, "the AE text and details carry no patient identifier"

@@ -110,9 +110,8 @@ def jobs_show(
     if sent:
         typer.echo("  deliveries (object -> destination: state, attempts, detail)")
         for d in sent:
-                        typer.echo(
-                f"    {d['channel']} -> {d['destination']}: {d['state']}, {d['attempts']}, {d['detail'] or '-'}"
-            )
+            where = f"{d['channel']} -> {d['destination']}"
+            typer.echo(f"    {where}: {d['state']}, {d['attempts']}, {d['detail'] or '-'}")
 
 
 @jobs_app.command("replay")
