@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
@@ -274,6 +274,8 @@ def _deliver_results(
             done.append((label, _Delivered(DeliveryState.failed, "no study or SR for this job", 0)))
             continue
         sent = channel.send(result, result.corrected(channel.name, channel.kind))
+        # The detail is shown to roles without identifiers; a receiver may have quoted the patient.
+        sent = replace(sent, detail=phi.scrub(sent.detail))
         attempts = (previous.attempts if previous else 0) + 1
         state = (
             DeliveryState.delivered

@@ -285,6 +285,7 @@ def test_fhir_refusals_are_permanent_with_the_operation_outcome(
     assert _job(sqlite_engine, job_id).error == (
         f"send: FHIR {fhir.base_url} refused: HTTP 422: no Patient [redacted]^[redacted] born [redacted]: 422"
     ), "an identifier the server quotes is scrubbed from the job (and the log, which the session scans)"
+    assert "Jane" not in _deliveries(sqlite_engine, job_id)["fhir_report"].detail, "nor from the delivery row"
     other = _predicted(sqlite_engine)
     assert run_send(context(fhir_base_url=fhir.base_url, fhir_token="wrong"), other) == "failed"
     error = _job(sqlite_engine, other).error
