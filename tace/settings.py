@@ -501,12 +501,21 @@ class Settings(BaseSettings):
     hl7_result_receiving_facility: str = ""
     hl7_result_timeout_seconds: float = Field(default=30.0, gt=0)
     """Connecting, and waiting for the ACK, before the attempt counts as transient."""
+    hl7_result_tls: bool = False
+    """MLLP over TLS to the result destination, verified against ``hl7_result_tls_ca`` or the system CAs."""
+    hl7_result_tls_ca: Path | None = None
+    hl7_result_tls_cert: Path | None = None
+    hl7_result_tls_key: Path | None = None
     fhir_base_url: str | None = None
     """FHIR R4 server that gets one DiagnosticReport per prediction; unset: none is sent."""
     fhir_token: SecretStr | None = None
     fhir_token_file: Path | None = None
     """A file holding the bearer token (read at each delivery, so it can be rotated)."""
     fhir_timeout_seconds: float = Field(default=30.0, gt=0)
+    fhir_tls_ca: Path | None = None
+    """CA bundle that verifies an https:// FHIR server; unset: the system's trust store."""
+    fhir_tls_cert: Path | None = None
+    fhir_tls_key: Path | None = None
 
     @field_validator("hl7_result_destination", mode="before")
     @classmethod
@@ -548,6 +557,21 @@ class Settings(BaseSettings):
         if info.data.get("fhir_token") is not None:
             raise ValueError("set TACE_FHIR_TOKEN or TACE_FHIR_TOKEN_FILE, not both")
         if not value.is_file():
+            raise ValueError("no such file")
+        return value
+
+    @field_validator(
+        "hl7_result_tls_ca",
+        "hl7_result_tls_cert",
+        "hl7_result_tls_key",
+        "fhir_tls_ca",
+        "fhir_tls_cert",
+        "fhir_tls_key",
+        mode="after",
+    )
+    @classmethod
+    def _tls_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
             raise ValueError("no such file")
         return value
 

@@ -31,6 +31,7 @@ import hl7
 from hl7_clinical.ack import END_BLOCK, START_BLOCK
 from tace.db import DeliveryKind
 from tace.settings import Hl7Peer, Settings
+from tace.tls import client_tls_context
 from worker.ehr_result import EhrResult
 from worker.fhir_result import build_report, report_identifier
 from worker.hl7_result import build_oru
@@ -87,9 +88,16 @@ def send_oru(settings: Settings, peer: Hl7Peer, result: EhrResult, *, corrected:
     control_id = result.message_key
     timeout = settings.hl7_result_timeout_seconds
     try:
-        with socket.create_connection((peer.host, peer.port), timeout=timeout) as sock:
-            sock.sendall(START_BLOCK + message.encode() + END_BLOCK)
-            raw = _read_frame(sock)
+        with socket.create_connection((peer.host, peer.port), timeout=timeout) as plain:
+            sock = plain
+            if settings.hl7_result_tls:
+                context = client_tls_context(
+                    settings.hl7_result_tls_ca, settings.hl7_result_tls_cert, settings.hl7_result_tls_key
+                )
+                sock = context.wrap_socket(plain, server_hostname=peer.host)
+            with sock:
+                sock.sendall(START_BLOCK + message.encode() + END_BLOCK)
+                raw = _read_frame(sock)
     except TimeoutError:
         return SendResult(False, True, None, f"no ACK within {timeout:g} s for {control_id}")
     except OSError as exc:
@@ -148,7 +156,14 @@ def put_report(settings: Settings, base_url: str, result: EhrResult, *, amended:
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=settings.fhir_timeout_seconds) as response:
+        context = (
+            client_tls_context(settings.fhir_tls_ca, settings.fhir_tls_cert, settings.fhir_tls_key)
+            if base_url.startswith("https://")
+            else None
+        )
+        with urllib.request.urlopen(
+            request, timeout=settings.fhir_timeout_seconds, context=context
+        ) as response:
             status = response.status
             location = response.headers.get("Location") or response.headers.get("Content-Location") or ""
     except urllib.error.HTTPError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
+import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class MllpReceiver:
     results: dict[str, list[str]] = field(default_factory=dict)
     """Control ID -> the messages answered AA with it (one each, when retries are safe)."""
     port: int = 0
+    tls: ssl.SSLContext | None = None
+    """A server context: MLLP over TLS."""
     _server: socketserver.ThreadingTCPServer | None = None
 
     def start(self, port: int = 0) -> MllpReceiver:
@@ -45,6 +48,11 @@ class MllpReceiver:
             def handle(self) -> None:
                 sock: socket.socket = self.request
                 sock.settimeout(10)
+                if receiver.tls is not None:
+                    try:
+                        sock = receiver.tls.wrap_socket(sock, server_side=True)
+                    except (ssl.SSLError, OSError):
+                        return
                 data = b""
                 while True:
                     chunk = sock.recv(65536)
@@ -97,11 +105,14 @@ class FhirServer:
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Resource id -> the DiagnosticReport as stored (with meta.versionId)."""
     port: int = 0
+    tls: ssl.SSLContext | None = None
+    """A server context: HTTPS."""
     _server: ThreadingHTTPServer | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/fhir"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/fhir"
 
     def start(self) -> FhirServer:
         server = self
@@ -123,6 +134,8 @@ class FhirServer:
                 self.wfile.write(data)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

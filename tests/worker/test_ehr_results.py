@@ -46,7 +46,9 @@ from tace.db import (
 from tace.jobs import claim, create_study_job, finish
 from tace.metrics import metric
 from tace.settings import SettingsError, load_settings
+from tace.tls import server_tls_context
 from tests.factories import add_series
+from tests.support.certificates import make_certificates
 from tests.support.ehr_receivers import FhirServer, MllpReceiver
 from tests.support.ingest import ingest_files
 from tests.support.listener import storescu
@@ -556,3 +558,43 @@ def test_delimiters_in_identifiers_are_escaped_and_hl7apy_would_catch_a_missing_
     without_status = message.replace("||||||F|||", "|||||||||", 1)
     with pytest.raises(HL7apyValidationError, match="OBX_11"):
         parse_message(without_status, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
+
+
+def test_both_channels_over_tls_with_a_client_certificate_and_an_unknown_ca_is_retried(
+    context, sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    pki = make_certificates(tmp_path / "pki")
+    server = server_tls_context(pki.server_cert, pki.server_key, pki.ca, require_client_cert=True)
+    mllp = MllpReceiver(tls=server).start()
+    fhir = FhirServer(token=TOKEN, tls=server).start()
+    try:
+        job_id = _predicted(sqlite_engine)
+        untrusting = context(
+            hl7_result_destination=f"127.0.0.1:{mllp.port}",
+            hl7_result_tls=True,
+            fhir_base_url=fhir.base_url,
+            fhir_token=TOKEN,
+        )
+        assert run_send(untrusting, job_id) == "retrying"
+        error = _job(sqlite_engine, job_id).error
+        assert error.count("CERTIFICATE_VERIFY_FAILED") == 2, error
+        assert mllp.received == [] and fhir.requests == []
+        client = {"cert": pki.client_cert, "key": pki.client_key, "ca": pki.ca}
+        trusting = context(
+            hl7_result_destination=f"127.0.0.1:{mllp.port}",
+            hl7_result_tls=True,
+            hl7_result_tls_ca=client["ca"],
+            hl7_result_tls_cert=client["cert"],
+            hl7_result_tls_key=client["key"],
+            fhir_base_url=fhir.base_url,
+            fhir_token=TOKEN,
+            fhir_tls_ca=client["ca"],
+            fhir_tls_cert=client["cert"],
+            fhir_tls_key=client["key"],
+        )
+        assert run_send(trusting, job_id) == "sent"
+    finally:
+        mllp.stop()
+        fhir.stop()
+    assert [len(v) for v in mllp.results.values()] == [1] and len(fhir.reports) == 1
+    assert fhir.base_url.startswith("https://")
