@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 from celery.apps import worker as celery_worker
@@ -60,9 +61,15 @@ def test_a_worker_started_with_events_lets_a_monitor_see_its_tasks(
             receiver = EventReceiver(
                 connection, handlers={"*": lambda event: seen.append(event["type"])}, app=app
             )
-            app.send_task(TASK_SEND, args=[999_999], queue=QUEUE_SEND)
+            deadline = time.monotonic() + 120
+            sent = False
             for _ in receiver.itercapture(limit=None, timeout=60, wakeup=True):
-                if "task-succeeded" in seen or "task-failed" in seen:
+                if seen and not sent:
+                    # The receiver's queue is bound once the worker's events reach it; a task
+                    # sent before could run and report before anyone listened.
+                    app.send_task(TASK_SEND, args=[999_999], queue=QUEUE_SEND)
+                    sent = True
+                if "task-succeeded" in seen or "task-failed" in seen or time.monotonic() > deadline:
                     break
     finally:
         process.send_signal(signal.SIGTERM)
