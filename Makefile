@@ -35,7 +35,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist worksteal $(PYTEST_ARGS)
 
 format: install-dev
 	$(BIN)/ruff format .

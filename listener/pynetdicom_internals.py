@@ -160,6 +160,10 @@ class Gate(Protocol):
         """The connection ended before pynetdicom took it over (refused or failed handshake)."""
 
 
+REJECT_DRAIN_SECONDS = 10.0
+"""How long a connection refused at accept waits for the peer's request (see _reject_without_reading)."""
+
+
 class SharedPortServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, hardened where its internals decide.
 
@@ -236,18 +240,27 @@ def _handshake(context: ssl.SSLContext, sock: socket.socket, seconds: float) -> 
 
 
 def _reject_without_reading(sock: socket.socket, pdu: bytes) -> None:
-    """Send the A-ASSOCIATE-RJ, then let the peer's request drain so the close is not a reset."""
+    """Send the A-ASSOCIATE-RJ, then take the peer's request in before closing.
+
+    Closing with the request unread (or arriving after the close) makes the
+    kernel answer with a reset, and a reset discards the RJ still unread in the
+    peer's buffer: the peer would see an abort instead of the rejection. A busy
+    peer may send its request seconds after connecting, hence the long wait; it
+    ends as soon as one whole PDU is in (or the peer closes).
+    """
     try:
-        sock.settimeout(2)
+        sock.settimeout(REJECT_DRAIN_SECONDS)
         sock.sendall(pdu)
         sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + 2
-        drained = 0
-        while time.monotonic() < deadline and drained < 1 << 16:
+        deadline = time.monotonic() + REJECT_DRAIN_SECONDS
+        received = b""
+        while time.monotonic() < deadline and len(received) < 1 << 16:
             chunk = sock.recv(4096)
             if not chunk:
                 break
-            drained += len(chunk)
+            received += chunk
+            if len(received) >= 6 and len(received) >= 6 + int.from_bytes(received[2:6], "big"):
+                break
     except OSError:
         pass
     finally:

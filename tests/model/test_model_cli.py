@@ -337,7 +337,9 @@ def test_bench_model_prints_the_ratio_to_a_bare_resnet(data_dir: Path) -> None:
     assert fields[0] == "fp32"
     bare, cldca, ratio = (float(fields[i].replace(",", "")) for i in (2, 3, 5))
     assert bare > 0 and cldca > 0
-    assert ratio == pytest.approx(cldca / bare, rel=0.02, abs=0.006)
+    # Rates are printed to 0.1 slices/s and the ratio, of the exact rates, to two places: on a
+    # loaded machine a rate under 1/s leaves the printed rates far less precise than the ratio.
+    assert (cldca - 0.05) / (bare + 0.05) - 0.005 <= ratio <= (cldca + 0.05) / (bare - 0.05) + 0.005
 
 
 def test_three_phase_training_records_the_input_contract_and_the_planted_signal(
