@@ -49,6 +49,20 @@ class IdentityRules:
         """The issuer a DICOM IssuerOfPatientID (or its absence) stands for."""
         return effective_issuer(issuer, self.default_issuer)
 
+    def authority_for(self, issuer: str | None) -> str | None:
+        """The HL7 assigning authority the EHR knows the patients of a DICOM issuer by.
+
+        The inverse of the inbound rules: the configured authority of the MRN, else
+        an authority mapped to this issuer, else the issuer as the PACS sent it.
+        """
+        if self.authority:
+            return self.authority
+        effective = self.issuer(issuer)
+        for authority, target in self.authority_issuers.items():
+            if self.issuer(target) == effective:
+                return authority
+        return effective
+
     def lab_issuers(self, issuer: str | None) -> list[str | None]:
         """Issuers that stored labs may carry and still belong to ``issuer``'s patients.
 

@@ -110,7 +110,7 @@ def create_job(session: Session, series_id: int, generation: int, detail: str | 
 
 
 def delivered_predecessor(session: Session, study_id: int, before: int) -> int | None:
-    """The latest earlier job of the study whose SR (or EHR result) reached at least one destination.
+    """The latest earlier job of the study whose SR reached at least one destination.
 
     Asked when a job is created and again when it is sent: an earlier job's send
     that was under way when this one was created may have delivered since.
@@ -121,7 +121,7 @@ def delivered_predecessor(session: Session, study_id: int, before: int) -> int |
         .where(
             col(Job.study_id) == study_id,
             col(Job.id) < before,
-            col(Delivery.kind).in_((DeliveryKind.sr, DeliveryKind.hl7_result, DeliveryKind.fhir_report)),
+            col(Delivery.kind) == DeliveryKind.sr,
             col(Delivery.state) == DeliveryState.delivered,
         )
         .order_by(col(Job.id).desc())

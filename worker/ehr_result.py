@@ -7,9 +7,14 @@ the model, and the research-use (and, for a demo model, synthetic-data) caveat.
 
 Identifiers are derived, never drawn at random, so a retry or a replay sends the
 same message again and a receiver that deduplicates keeps one result:
-``report_key`` comes from the SR series UID (one per study and model version),
-so a superseding job's result corrects the same order / report;
-``message_key`` comes from the SR instance UID (one per job generation).
+``report_key`` comes from the study (the EHR holds one answer per study, whichever
+model gave it), so every later job's result corrects the same order / report;
+``message_key`` comes from the SR instance UID (one per job generation). A
+result is a correction wherever an earlier job of the study delivered one, not
+only where its immediate predecessor did.
+
+The patient goes as the EHR knows them: the PACS's issuer mapped back to the
+HL7 assigning authority by the identity rules that match inbound labs.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
+from hl7_clinical.identity import IdentityRules
 from tace import phi
 from tace.db import Delivery, DeliveryKind, DeliveryState, Job, Prediction, Series, Study
 from worker.sr import LABELS
@@ -38,7 +44,10 @@ class EhrResult:
     job_id: int
     study_instance_uid: str
     patient_id: str | None
-    issuer_of_patient_id: str | None
+    assigning_authority: str | None
+    """The HL7 assigning authority of ``patient_id`` (PID-3.4; the FHIR identifier's system)."""
+    patient_id_type: str | None
+    """PID-3.5, e.g. MR."""
     patient_name: str | None
     patient_birth_date: str | None
     patient_sex: str | None
@@ -54,7 +63,7 @@ class EhrResult:
     sr_sop_instance_uid: str
     sr_series_instance_uid: str
     corrects: frozenset[tuple[str, DeliveryKind]]
-    """(destination, channel) pairs that hold the predecessor's result: there this one is a correction."""
+    """(destination, channel) pairs that hold an earlier result of the study: there this one corrects it."""
 
     @property
     def message_key(self) -> str:
@@ -63,8 +72,8 @@ class EhrResult:
 
     @property
     def report_key(self) -> str:
-        """OBR-3 and the DiagnosticReport identifier: one per study and model version."""
-        return _key("TACER", self.sr_series_instance_uid)
+        """OBR-3 and the DiagnosticReport identifier: one per study."""
+        return _key("TACER", self.study_instance_uid)
 
     @property
     def response_code(self) -> tuple[str, str]:
@@ -84,7 +93,7 @@ class EhrResult:
         return (destination, kind) in self.corrects
 
 
-def load_result(session: Session, job_id: int) -> EhrResult | None:
+def load_result(session: Session, job_id: int, rules: IdentityRules) -> EhrResult | None:
     """The job's result, or None when it has no SR (nothing to report yet)."""
     job = session.get(Job, job_id)
     prediction = session.exec(select(Prediction).where(Prediction.job_id == job_id)).first()
@@ -92,29 +101,25 @@ def load_result(session: Session, job_id: int) -> EhrResult | None:
         return None
     if not prediction.sr_series_instance_uid:
         return None
-    study_id = job.study_id
-    if study_id is None:
-        series = session.get(Series, job.series_id)
-        study_id = series.study_id if series is not None else None
+    series = session.get(Series, job.series_id)
+    study_id = job.study_id if job.study_id is not None else series.study_id if series is not None else None
     study = session.get(Study, study_id) if study_id is not None else None
     if study is None:
         return None
     # A receiver may quote them back (an AR's text, an OperationOutcome): logs must scrub them.
-    phi.protect(study.patient_id, study.patient_name, study.patient_birth_date)
-    corrects: frozenset[tuple[str, DeliveryKind]] = frozenset()
-    if job.predecessor_job_id is not None:
-        rows = session.exec(
-            select(Delivery.destination, Delivery.kind).where(
-                Delivery.job_id == job.predecessor_job_id,
-                Delivery.state == DeliveryState.delivered,
-            )
-        ).all()
-        corrects = frozenset((destination, DeliveryKind(kind)) for destination, kind in rows)
+    phi.protect(
+        study.patient_id,
+        study.patient_name,
+        study.patient_birth_date,
+        study.accession_number,
+        study.issuer_of_patient_id,
+    )
     return EhrResult(
         job_id=job_id,
         study_instance_uid=study.study_instance_uid,
-        patient_id=study.patient_id,
-        issuer_of_patient_id=study.issuer_of_patient_id,
+        patient_id=(study.patient_id or "").strip() or None,
+        assigning_authority=rules.authority_for(study.issuer_of_patient_id),
+        patient_id_type=rules.id_type,
         patient_name=study.patient_name,
         patient_birth_date=study.patient_birth_date,
         patient_sex=study.patient_sex,
@@ -129,5 +134,21 @@ def load_result(session: Session, job_id: int) -> EhrResult | None:
         predicted_at=prediction.created_at,
         sr_sop_instance_uid=prediction.sr_sop_instance_uid,
         sr_series_instance_uid=prediction.sr_series_instance_uid,
-        corrects=corrects,
+        corrects=_earlier_results(session, study.id or 0, job_id),
     )
+
+
+def _earlier_results(session: Session, study_id: int, job_id: int) -> frozenset[tuple[str, DeliveryKind]]:
+    """Where an earlier job of the study delivered a result: the EHR holds the study's report there."""
+    rows = session.exec(
+        select(Delivery.destination, Delivery.kind)
+        .join(Job, col(Job.id) == Delivery.job_id)
+        .join(Series, col(Series.id) == Job.series_id)
+        .where(
+            col(Series.study_id) == study_id,
+            col(Job.id) < job_id,
+            col(Delivery.kind).in_((DeliveryKind.hl7_result, DeliveryKind.fhir_report)),
+            col(Delivery.state) == DeliveryState.delivered,
+        )
+    ).all()
+    return frozenset((destination, DeliveryKind(kind)) for destination, kind in rows)

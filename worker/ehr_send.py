@@ -123,7 +123,7 @@ def _judge_ack(raw: bytes, control_id: str) -> SendResult:
     text = raw.decode("utf-8", errors="replace").replace("\r\n", "\r").replace("\n", "\r")
     try:
         msa = hl7.parse(text).segment("MSA")
-    except (KeyError, ValueError, IndexError) as exc:
+    except (hl7.exceptions.HL7Exception, KeyError, ValueError, IndexError) as exc:
         return SendResult(False, True, None, f"answer to {control_id} is not an ACK: {exc}")
     code = str(msa(1)).strip().upper()
     acked = str(msa(2)).strip() if len(msa) > 2 else ""
@@ -141,7 +141,11 @@ def put_report(settings: Settings, base_url: str, result: EhrResult, *, amended:
     """Conditional update of the DiagnosticReport by its identifier; never raises."""
     system, value = report_identifier(result)
     query = urllib.parse.urlencode({"identifier": f"{system}|{value}"})
-    body = build_report(result, amended=amended).model_dump_json(exclude_none=True).encode()
+    try:
+        body = build_report(result, amended=amended).model_dump_json(exclude_none=True).encode()
+    except ValueError as exc:
+        # pydantic's ValidationError is a ValueError: the same rows build the same invalid report.
+        return SendResult(False, False, None, f"report not valid FHIR: {exc.__class__.__name__}")
     request = urllib.request.Request(
         f"{base_url}/DiagnosticReport?{query}",
         data=body,
@@ -184,8 +188,12 @@ def _outcome_text(error: urllib.error.HTTPError) -> str:
     except (OSError, ValueError):
         outcome = {}
     texts = []
-    for issue in outcome.get("issue", []) if isinstance(outcome, dict) else []:
-        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+    issues = outcome.get("issue", []) if isinstance(outcome, dict) else []
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None)
         if text:
             texts.append(str(text))
     return "; ".join(texts) or str(error.reason)

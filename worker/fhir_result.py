@@ -35,9 +35,13 @@ UCUM = "http://unitsofmeasure.org"
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
+REPORT_SYSTEM = "urn:tace:report"
+"""The identifier system of our DiagnosticReports (values: :attr:`EhrResult.report_key`)."""
+
+
 def report_identifier(result: EhrResult) -> tuple[str, str]:
-    """(system, value) of the report: the same for every job of the study and model version."""
-    return DICOM_UID, f"urn:oid:{result.sr_series_instance_uid}"
+    """(system, value) of the report: the same for every job of the study, whichever model version."""
+    return REPORT_SYSTEM, result.report_key
 
 
 def _coding(code: str, display: str) -> dict[str, Any]:
@@ -45,8 +49,8 @@ def _coding(code: str, display: str) -> dict[str, Any]:
 
 
 def _subject(result: EhrResult) -> dict[str, Any]:
-    identifier: dict[str, Any] = {"value": result.patient_id or "unknown"}
-    issuer = result.issuer_of_patient_id
+    identifier: dict[str, Any] = {"value": result.patient_id}
+    issuer = result.assigning_authority
     if issuer and _OID.match(issuer):
         identifier["system"] = f"urn:oid:{issuer}"
     elif issuer and re.match(r"^(https?://|urn:)\S+$", issuer):

@@ -89,10 +89,16 @@ def build_oru(
         12: VERSION,
         18: "UNICODE UTF-8",
     }
-    identifier = (result.patient_id or "", "", "", result.issuer_of_patient_id or "")
+    identifier = (
+        result.patient_id or "",
+        "",
+        "",
+        result.assigning_authority or "",
+        result.patient_id_type or "",
+    )
     pid: dict[int, str | tuple[str, ...]] = {
         1: "1",
-        3: identifier if result.issuer_of_patient_id else (result.patient_id or ""),
+        3: identifier if result.assigning_authority or result.patient_id_type else (result.patient_id or ""),
         5: _pid_name(result.patient_name),
     }
     if result.patient_birth_date:

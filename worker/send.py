@@ -28,6 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from sqlmodel import select
 
+from hl7_clinical.identity import IdentityRules
 from tace import phi
 from tace.db import (
     Delivery,
@@ -260,7 +261,7 @@ def _deliver_results(
     if not channels:
         return []
     with session_scope(ctx.engine) as session:
-        result = load_result(session, lease.job_id)
+        result = load_result(session, lease.job_id, IdentityRules.from_settings(ctx.settings))
     done = []
     for channel in channels:
         label = _channel_label(channel)
@@ -272,6 +273,10 @@ def _deliver_results(
             continue
         if result is None:
             done.append((label, _Delivered(DeliveryState.failed, "no study or SR for this job", 0)))
+            continue
+        if result.patient_id is None:
+            # A result without the patient's ID could only be filed by name, or under a placeholder.
+            done.append((label, _Delivered(DeliveryState.failed, "the study has no patient ID; not sent", 0)))
             continue
         sent = channel.send(result, result.corrected(channel.name, channel.kind))
         # The detail is shown to roles without identifiers; a receiver may have quoted the patient.

@@ -229,3 +229,13 @@ def test_a_header_that_swallowed_the_pid_does_not_log_it(
     assert any(line["event"] == "hl7.stored" for line in lines)
     assert "NC0001" not in stream.getvalue() and "Doe" not in stream.getvalue()
     assert "F00NC0001" in ack.text, "the sender still gets its control ID back in MSA-2"
+
+
+def test_results_go_to_the_ehr_under_the_assigning_authority_the_inbound_rules_map_to_the_issuer() -> None:
+    mapped = IdentityRules(authority_issuers={"HOSPAUTH": "HOSP", "": "OTHER"}, default_issuer="HOSP")
+    assert mapped.authority_for("HOSP") == "HOSPAUTH"
+    assert mapped.authority_for(None) == "HOSPAUTH", "no issuer means the default issuer's patients"
+    assert mapped.authority_for("CLINIC") == "CLINIC", "an issuer no rule maps goes as the PACS sent it"
+    assert (
+        IdentityRules(authority="MPI", authority_issuers={"HOSPAUTH": "HOSP"}).authority_for("HOSP") == "MPI"
+    )

@@ -29,7 +29,8 @@ START, END = b"\x0b", b"\x1c\r"
 @dataclass
 class MllpReceiver:
     """``script``: answers to the next messages, AA, AE, AR, WRONG_ID (AA for another control ID),
-    SILENT (close without an ACK) or HANG (keep the connection open without an ACK)."""
+    SILENT (close without an ACK), HANG (keep the connection open without an ACK) or NAK-TEXT
+    (a frame that is no HL7 message)."""
 
     script: list[str] = field(default_factory=list)
     received: list[str] = field(default_factory=list)
@@ -79,6 +80,9 @@ class MllpReceiver:
         if code == "HANG":
             sock.recv(1)  # no answer: the sender gives up and closes
             return False
+        if code == "NAK-TEXT":
+            sock.sendall(START + b"NAK" + END)
+            return True
         acked = "SOMEONE-ELSE" if code == "WRONG_ID" else control_id
         code = "AA" if code == "WRONG_ID" else code
         if code == "AA" and acked == control_id:

@@ -89,7 +89,9 @@ def context(make_settings, sqlite_engine: Engine) -> Callable[..., WorkerContext
     return build
 
 
-def _predicted(engine: Engine, *, series_id: int | None = None, generation: int = 1) -> int:
+def _predicted(
+    engine: Engine, *, series_id: int | None = None, generation: int = 1, model_version: str = "1.0.0"
+) -> int:
     """A job of a study with the patient's identifiers, predicted and ready to send."""
     series_id = series_id or add_series(engine)
     with session_scope(engine) as session:
@@ -109,7 +111,7 @@ def _predicted(engine: Engine, *, series_id: int | None = None, generation: int 
         job_id, study_uid = job.id, study.study_instance_uid
     lease = claim(engine, job_id, Stage.infer, stall_seconds=60)
     assert lease is not None
-    identity = sr_identity(study_uid, "1.0.0", generation)
+    identity = sr_identity(study_uid, model_version, generation)
     with session_scope(engine) as session:
         session.add(
             Prediction(
@@ -117,7 +119,7 @@ def _predicted(engine: Engine, *, series_id: int | None = None, generation: int 
                 probability=0.734,
                 label="disease_control",
                 model_name="CLDCA",
-                model_version="1.0.0",
+                model_version=model_version,
                 checkpoint_sha256="0" * 64,
                 demo_model=True,
                 threshold=0.5,
@@ -169,7 +171,7 @@ def test_oru_and_report_are_delivered_once_and_validate(
     parsed = _strict(message)
     assert parsed.msh.msh_9.value == "ORU^R01^ORU_R01"
     patient = parsed.oru_r01_patient_result.oru_r01_patient
-    assert patient.pid.pid_3.value == "EHR0001^^^HOSP" and patient.pid.pid_5.value == "Doe^Jane"
+    assert patient.pid.pid_3.value == "EHR0001^^^HOSP^MR" and patient.pid.pid_5.value == "Doe^Jane"
     order = parsed.oru_r01_patient_result.oru_r01_order_observation
     assert order.obr.obr_2.value == "ACC77^PACS" and order.obr.obr_7.value == "20260304102030"
     assert order.obr.obr_25.value == "F"
@@ -308,7 +310,6 @@ def test_a_superseding_job_sends_a_correction_to_the_same_order_and_report(
     first = _predicted(sqlite_engine)
     assert run_send(ctx, first) == "sent"
     second = _predicted(sqlite_engine, series_id=_job(sqlite_engine, first).series_id, generation=2)
-    assert _job(sqlite_engine, second).predecessor_job_id == first
     token_file.rename(tmp_path / "rotating")
     assert run_send(ctx, second) == "retrying"
     assert "cannot read TACE_FHIR_TOKEN_FILE: No such file or directory" in _job(sqlite_engine, second).error
@@ -509,11 +510,58 @@ def test_a_correction_only_where_the_earlier_result_arrived(
     first = _predicted(sqlite_engine)
     assert run_send(ctx, first) == "failed"
     second = _predicted(sqlite_engine, series_id=_job(sqlite_engine, first).series_id, generation=2)
-    assert _job(sqlite_engine, second).predecessor_job_id == first
     assert run_send(ctx, second) == "sent"
     message = mllp.received[-1]
     assert str(hl7.parse(message).segment("OBR")(25)) == "F" and _obx_statuses(message) == {"F"}
     assert fhir.reports["1"]["status"] == "amended" and fhir.reports["1"]["meta"]["versionId"] == "2"
+
+
+def test_a_later_job_corrects_the_studys_one_report_even_after_a_failed_job_and_a_new_model(
+    context, sqlite_engine: Engine, mllp: MllpReceiver, fhir: FhirServer
+) -> None:
+    ctx = context(
+        hl7_result_destination=f"127.0.0.1:{mllp.port}", fhir_base_url=fhir.base_url, fhir_token=TOKEN
+    )
+    first = _predicted(sqlite_engine)
+    assert run_send(ctx, first) == "sent"
+    series_id = _job(sqlite_engine, first).series_id
+    mllp.script = ["AR"]
+    second = _predicted(sqlite_engine, series_id=series_id, generation=2)
+    assert run_send(ctx, second) == "failed", "the EHR refused the second result for good"
+    third = _predicted(sqlite_engine, series_id=series_id, generation=3, model_version="2.0.0")
+    assert run_send(ctx, third) == "sent"
+    original, refused, latest = mllp.received
+    orders = [hl7.parse(m).segment("OBR") for m in (original, refused, latest)]
+    assert len({str(order(3)) for order in orders}) == 1, "one order for the study, whichever model"
+    assert str(orders[2](25)) == "C" and _obx_statuses(latest) == {"C"}, "the first job's result is corrected"
+    assert "CLDCA 2.0.0" in latest
+    assert list(fhir.reports) == ["1"], "one report for the study"
+    assert fhir.reports["1"]["status"] == "amended" and fhir.reports["1"]["meta"]["versionId"] == "3"
+
+
+def test_a_study_without_a_patient_id_sends_nothing_to_the_ehr(
+    context, sqlite_engine: Engine, mllp: MllpReceiver, fhir: FhirServer
+) -> None:
+    ctx = context(
+        hl7_result_destination=f"127.0.0.1:{mllp.port}", fhir_base_url=fhir.base_url, fhir_token=TOKEN
+    )
+    job_id = _predicted(sqlite_engine)
+    with session_scope(sqlite_engine) as session:
+        study = session.get(Study, session.get(Series, _job(sqlite_engine, job_id).series_id).study_id)
+        study.patient_id = " "
+    assert run_send(ctx, job_id) == "failed"
+    assert mllp.received == [] and fhir.reports == {}
+    assert "the study has no patient ID; not sent" in (_job(sqlite_engine, job_id).error or "")
+
+
+def test_an_answer_that_is_no_hl7_message_is_retried_not_a_crash(
+    context, sqlite_engine: Engine, mllp: MllpReceiver
+) -> None:
+    mllp.script = ["NAK-TEXT"]
+    ctx = context(hl7_result_destination=f"127.0.0.1:{mllp.port}")
+    job_id = _predicted(sqlite_engine)
+    assert run_send(ctx, job_id) == "retrying"
+    assert "is not an ACK" in (_deliveries(sqlite_engine, job_id)["hl7_result"].detail or "")
 
 
 def test_delimiters_in_identifiers_are_escaped_and_hl7apy_would_catch_a_missing_status() -> None:
@@ -521,7 +569,8 @@ def test_delimiters_in_identifiers_are_escaped_and_hl7apy_would_catch_a_missing_
         job_id=1,
         study_instance_uid="1.2.3",
         patient_id="A|B^C&D~E",
-        issuer_of_patient_id="HOSP&LAB",
+        assigning_authority="HOSP&LAB",
+        patient_id_type="MR",
         patient_name="O'Neil&Co^Ann",
         patient_birth_date=None,
         patient_sex=None,
