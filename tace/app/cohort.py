@@ -168,7 +168,10 @@ def export_cohort(
         if row.state not in PREDICTED_STATES:
             skipped.append(f"job {row.job_id}: {row.state}, its prediction is no longer current")
             continue
-        case_id = f"job{row.job_id}"
+        # A job ID is the gateway's own key to the patient: a de-identified export numbers its cases.
+        case_id = (
+            f"case{len(cases) + len(skipped) + 1:04d}" if deidentifier is not None else f"job{row.job_id}"
+        )
         phases = chosen_phases(row.selection) or {"any": row.series_instance_uid}
         files = {p: _series_files(data_dir, row.study_instance_uid, uid) for p, uid in phases.items()}
         if not all(files.values()):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -108,7 +109,7 @@ class Deidentifier:
                 if dataset.file_meta is not None:
                     self._clean_meta(dataset.file_meta)
                 header = _header_bytes(dataset)
-                left = sorted({label for label, value in identifiers if value in header})
+                left = sorted({label for label, pattern in identifiers if pattern.search(header)})
                 if left:
                     raise DeidentifyError(
                         f"{path.name}: a de-identified copy would still hold the {', '.join(left)}"
@@ -184,20 +185,26 @@ def _shift_datetime(value: str, pseudonym: Pseudonym) -> str:
     return shifted + value[8:] if shifted else ""
 
 
-def _identifiers(dataset: Dataset) -> list[tuple[str, bytes]]:
-    """What must not survive: the patient's ID, name parts and every real date, as bytes."""
-    found: list[tuple[str, bytes]] = []
+def _identifiers(dataset: Dataset) -> list[tuple[str, re.Pattern[bytes]]]:
+    """What must not survive: the patient's ID, name parts and every real date, as byte patterns.
+
+    Name parts are matched as words (a short surname such as "Li" inside "Liver"
+    is not the patient), case-insensitively, down to two letters.
+    """
+    found: list[tuple[str, re.Pattern[bytes]]] = []
     if str(dataset.get("PatientID", "")).strip():
-        found.append(("patient ID", str(dataset.PatientID).strip().encode()))
-    for part in str(dataset.get("PatientName", "")).replace("^", " ").split():
-        if len(part) >= 4:
-            found.append(("patient name", part.encode()))
+        found.append(("patient ID", re.compile(re.escape(str(dataset.PatientID).strip().encode()))))
+    for part in re.split(r"[\^\s=,]+", str(dataset.get("PatientName", ""))):
+        if len(part) >= 2:
+            word = re.escape(part.encode())
+            found.append(("patient name", re.compile(rb"(?<![A-Za-z])" + word + rb"(?![A-Za-z])", re.I)))
 
     def collect(ds: Dataset, element: DataElement) -> None:
         if element.VR in ("DA", "DT") and element.value:
-            for value in element.value if isinstance(element.value, list) else [element.value]:
+            values = element.value if isinstance(element.value, list | MultiValue) else [element.value]
+            for value in values:
                 if len(str(value)) >= 8:
-                    found.append(("real date", str(value)[:8].encode()))
+                    found.append(("real date", re.compile(re.escape(str(value)[:8].encode()))))
 
     dataset.walk(collect)
     return found
