@@ -300,6 +300,8 @@ class Settings(BaseSettings):
         default_factory=lambda: ["albumin", "total_bilirubin", "afp", "platelets", "inr", "creatinine"]
     )
     send_retry_max_seconds: float = Field(default=600.0, gt=0)
+    send_max_attempts: int = Field(default=100, ge=1)
+    """Attempts per destination before a transient refusal fails the job (about 16 h at the backoff cap)."""
     dicom_send_timeout: float = Field(default=30.0, gt=0)
     """Seconds a C-STORE association or a STOW-RS request may stay silent before the send is retried."""
     dicomweb_token: SecretStr | None = None

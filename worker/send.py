@@ -282,13 +282,7 @@ def _deliver_results(
         # The detail is shown to roles without identifiers; a receiver may have quoted the patient.
         sent = replace(sent, detail=phi.scrub(sent.detail))
         attempts = (previous.attempts if previous else 0) + 1
-        state = (
-            DeliveryState.delivered
-            if sent.delivered
-            else DeliveryState.retrying
-            if sent.transient
-            else DeliveryState.failed
-        )
+        state, sent = _settle(ctx.settings, sent, attempts)
         _record(
             ctx, lease.job_id, channel.name, channel.kind, result.sr_sop_instance_uid, state, sent, attempts
         )
@@ -327,17 +321,27 @@ def _deliver(
         return _Delivered(DeliveryState.delivered, previous.detail or "", previous.attempts)
     result = store_sr(ctx.settings, destination, path)
     attempts = (previous.attempts if previous else 0) + 1
-    state = (
-        DeliveryState.delivered
-        if result.delivered
-        else DeliveryState.retrying
-        if result.transient
-        else DeliveryState.failed
-    )
+    state, result = _settle(ctx.settings, result, attempts)
     _record(ctx, lease.job_id, name, kind, sop_uid, state, result, attempts)
     metric("sends").labels(destination=name, outcome=state.value).inc()
     log.info(f"{kind.value}.delivery", destination=name, state=state, detail=result.detail, attempts=attempts)
     return _Delivered(state, result.detail, attempts)
+
+
+def _settle(settings: Settings, result: SendResult, attempts: int) -> tuple[DeliveryState, SendResult]:
+    """The delivery's state; a refusal that stays "transient" for ``send_max_attempts`` fails for good,
+    so a peer that always answers "try again" (an AE for a patient it does not know) is seen by someone."""
+    if result.delivered:
+        return DeliveryState.delivered, result
+    if not result.transient:
+        return DeliveryState.failed, result
+    if attempts >= settings.send_max_attempts:
+        return DeliveryState.failed, replace(
+            result,
+            transient=False,
+            detail=f"gave up after {attempts} attempts (TACE_SEND_MAX_ATTEMPTS): {result.detail}",
+        )
+    return DeliveryState.retrying, result
 
 
 def _record(

@@ -647,3 +647,16 @@ def test_both_channels_over_tls_with_a_client_certificate_and_an_unknown_ca_is_r
         fhir.stop()
     assert [len(v) for v in mllp.results.values()] == [1] and len(fhir.reports) == 1
     assert fhir.base_url.startswith("https://")
+
+
+def test_a_receiver_that_always_says_try_again_fails_the_job_after_the_attempt_limit(
+    context, sqlite_engine: Engine, mllp: MllpReceiver
+) -> None:
+    mllp.script = ["AE", "AE"]
+    ctx = context(hl7_result_destination=f"127.0.0.1:{mllp.port}", send_max_attempts=2)
+    job_id = _predicted(sqlite_engine)
+    assert run_send(ctx, job_id) == "retrying"
+    assert run_send(ctx, job_id) == "failed"
+    detail = _deliveries(sqlite_engine, job_id)["hl7_result"].detail or ""
+    assert detail.startswith("gave up after 2 attempts (TACE_SEND_MAX_ATTEMPTS): AE for TACE")
+    assert "gave up after 2 attempts" in (_job(sqlite_engine, job_id).error or "")
