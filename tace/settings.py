@@ -328,6 +328,8 @@ class Settings(BaseSettings):
 
     model_checkpoint: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile of the backbone at worker start (auto: on CUDA only; compiling takes tens of seconds)."""
 
     series_quiet_seconds: float = Field(default=30.0, gt=0)
     release_grace_seconds: float = Field(default=5.0, ge=0)

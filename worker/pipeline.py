@@ -104,7 +104,7 @@ class Inputs:
     """The reference phase's volume (the only one for single-phase cases)."""
     timings: dict[str, float] = field(default_factory=dict)
     model_input: np.ndarray | None = None
-    """(slices, channels, rows, columns) for multi-phase cases; None: ``volume.hu``."""
+    """(slices, channels, rows, columns) HU for multi-phase cases; None: ``volume.pixels`` (stored values)."""
     evidence: list[Dataset] | None = None
     """Headers of every instance read; None: ``volume.headers``."""
 
@@ -197,7 +197,7 @@ def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
     timings = dict(inputs.timings)
     start = time.perf_counter()
     try:
-        volume = inputs.model_input if inputs.model_input is not None else inputs.volume.hu
+        volume = inputs.model_input if inputs.model_input is not None else inputs.volume.pixels
         result = predictor.predict(volume, inputs.features.model_input())
     except SchemaError as exc:
         return Refused("features", str(exc))
@@ -221,7 +221,7 @@ def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
     sr.save_as(buffer, enforce_file_format=True)
     timings["sr"] = _elapsed(start)
     timings.update({f"model.{name}": round(value, 4) for name, value in result.timings.items()})
-    slices = len(inputs.model_input) if inputs.model_input is not None else len(inputs.volume.hu)
+    slices = len(inputs.model_input) if inputs.model_input is not None else len(inputs.volume.pixels)
     return Predicted(result, inputs.features, identity, buffer.getvalue(), slices, timings)
 
 

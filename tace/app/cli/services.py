@@ -109,6 +109,7 @@ def worker(
         fail(str(exc))
     if "infer" in queues:
         ensure_checkpoint(settings)
+        context.warm_up()
     if renders_json():
         arguments = celery_console.json_only(arguments)
     build_app(context).worker_main(arguments)
