@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -318,7 +318,7 @@ def _stored_volume(ordered: Sequence[tuple[Path, _Header]], pool: Executor | Non
         (len(ordered), int(first.Rows), int(first.Columns)),
         dtype=_stored_dtype([item for _, item in ordered]),
     )
-    readers = pool if isinstance(pool, ThreadPoolExecutor) else ThreadPoolExecutor(_PIXEL_THREADS)
+    readers = ThreadPoolExecutor(_PIXEL_THREADS) if isinstance(pool, ProcessPoolExecutor) else pool
     try:
         list(readers.map(_fill, values, *zip(*ordered, strict=True)))
     finally:
