@@ -111,14 +111,15 @@ def _sr_cpu_ms(inputs: pipeline.Inputs, result: pipeline.Predicted, predictor: P
     return statistics.median(times)
 
 
-def _checkpoint(folder: Path, model_slices: int | None) -> Path:
+def bench_checkpoint(folder: Path, model_slices: int | None = None, image_size: int = 224) -> Path:
+    """Untrained weights of the production configuration, saved as a checkpoint the predictor loads."""
     schema = FeatureSchema.load()
     torch.manual_seed(0)
     model = CLDCA(CLDCAConfig(clinical_inputs=len(schema.columns)))
     meta = CheckpointMeta(
         version="bench",
         config=model.config,
-        preprocess=PreprocessConfig(max_slices=model_slices),
+        preprocess=PreprocessConfig(max_slices=model_slices, image_size=image_size),
         schema=schema,
         normalization=schema.fit([{}]),
         demo=True,
@@ -152,7 +153,9 @@ def run_pipeline_benchmark(
             cases.append(pipeline.Case(sorted(folder.glob("*.dcm")), "SYN0001", None, "bench", STUDY_TIME))
             if progress:
                 progress("synthetic series", index + 1, series)
-        predictor = Predictor.load(_checkpoint(work, model_slices), device=device, compile_mode=compile_mode)
+        predictor = Predictor.load(
+            bench_checkpoint(work, model_slices), device=device, compile_mode=compile_mode
+        )
         predictor.warm_up()
         engine = make_engine(f"sqlite:///{work / 'bench.db'}")
         upgrade_schema(engine)
