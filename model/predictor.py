@@ -90,7 +90,7 @@ class Predictor:
             self.compiled = False
             return
         if self.channels_last:
-            backbone.to(memory_format=torch.channels_last)
+            backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; the stubs omit it
         if self.compiled:
             self.model.backbone = torch.compile(backbone, dynamic=False)  # type: ignore[assignment]  # the compiled wrapper runs as the ResNet50 it wraps
 

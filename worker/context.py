@@ -32,6 +32,7 @@ from tace.process import init_process
 from tace.queue import Publisher, make_celery
 from tace.settings import Settings
 from tace.storage import Storage, atomic_write
+from worker.prefetch import Prefetcher
 
 log = get_logger("tace.worker")
 
@@ -124,6 +125,7 @@ class WorkerContext:
     engine: Engine
     storage: Storage = field(init=False)
     decode_pool: Executor = field(init=False)
+    prefetch: Prefetcher = field(init=False)
     publisher: Publisher = field(init=False)
     _predictor: Predictor | None = field(default=None, init=False)
     _loaded_from: tuple[Path, int, int] | None = field(default=None, init=False)
@@ -132,6 +134,7 @@ class WorkerContext:
     def __post_init__(self) -> None:
         self.storage = Storage(self.settings.data_dir)
         self.decode_pool = decode_pool(self.settings)
+        self.prefetch = Prefetcher(self.decode_pool)
         self.publisher = Publisher(make_celery(self.settings))
 
     @property

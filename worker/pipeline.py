@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +125,21 @@ def _elapsed(start: float) -> float:
     return round(time.perf_counter() - start, 4)
 
 
+VolumeReader = Callable[[Sequence[Path]], SeriesVolume]
+"""Reads one series' files into a volume (:func:`read_volume`, or a worker's prefetch)."""
+
+
 def gather(
-    case: Case, *, labs: Engine, predictor: Predictor, labs_rule: LabsRule, decode_pool: Executor | None
+    case: Case,
+    *,
+    labs: Engine,
+    predictor: Predictor,
+    labs_rule: LabsRule,
+    decode_pool: Executor | None,
+    read: VolumeReader | None = None,
 ) -> Inputs | LabsMissing | Refused:
     """Clinical values first, then the volume: a case still waiting for labs is never decoded."""
+    reader = read or partial(read_volume, executor=decode_pool)
     start = time.perf_counter()
     features = clinical_features(
         labs,
@@ -145,10 +157,10 @@ def gather(
         return LabsMissing(missing, features)
     start = time.perf_counter()
     if len(case.phases) > 1:
-        return _gather_phases(case, features, timings, start, decode_pool)
+        return _gather_phases(case, features, timings, start, reader)
     paths = case.phases[0].paths if case.phases else case.paths
     try:
-        volume = read_volume(paths, executor=decode_pool)
+        volume = reader(paths)
     except VolumeError as exc:
         return Refused("volume", str(exc))
     timings["read_volume"] = _elapsed(start)
@@ -174,13 +186,13 @@ def _sex_from_header(features: ClinicalFeatures, patient_sex: str | None) -> Non
 
 
 def _gather_phases(
-    case: Case, features: ClinicalFeatures, timings: dict[str, float], start: float, pool: Executor | None
+    case: Case, features: ClinicalFeatures, timings: dict[str, float], start: float, reader: VolumeReader
 ) -> Inputs | Refused:
     """Only the chosen series are decoded; the phases are then aligned on the reference phase."""
     volumes: list[tuple[str, SeriesVolume]] = []
     for phase in case.phases:
         try:
-            volumes.append((phase.phase, read_volume(phase.paths, executor=pool)))
+            volumes.append((phase.phase, reader(phase.paths)))
         except VolumeError as exc:
             return Refused("volume", f"{phase.phase.replace('_', ' ')} phase: {exc}")
     reference = case.reference or case.phases[0].phase
@@ -232,10 +244,25 @@ def sr_file(inputs: Inputs, result: PredictionResult, predictor: Predictor) -> t
 
 
 def run_case(
-    case: Case, *, labs: Engine, predictor: Predictor, labs_rule: LabsRule, decode_pool: Executor | None
+    case: Case,
+    *,
+    labs: Engine,
+    predictor: Predictor,
+    labs_rule: LabsRule,
+    decode_pool: Executor | None,
+    read: VolumeReader | None = None,
+    on_gathered: Callable[[], object] | None = None,
 ) -> Predicted | LabsMissing | Refused:
-    """The whole path for one case; :func:`gather` and :func:`predict` are its two halves."""
-    gathered = gather(case, labs=labs, predictor=predictor, labs_rule=labs_rule, decode_pool=decode_pool)
+    """The whole path for one case; :func:`gather` and :func:`predict` are its two halves.
+
+    ``on_gathered`` runs once the volume is read and before the model: a worker
+    starts reading its next job there, so decode overlaps the model.
+    """
+    gathered = gather(
+        case, labs=labs, predictor=predictor, labs_rule=labs_rule, decode_pool=decode_pool, read=read
+    )
     if not isinstance(gathered, Inputs):
         return gathered
+    if on_gathered is not None:
+        on_gathered()
     return predict(gathered, predictor=predictor)

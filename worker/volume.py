@@ -290,7 +290,7 @@ def _fill(target: np.ndarray, path: Path, item: _Header) -> None:
     with path.open("rb", buffering=0) as file:
         file.seek(offset)
         if dtype == target.dtype:
-            done = file.readinto(target.reshape(-1).view(np.uint8))
+            done = file.readinto(target.reshape(-1).view(np.uint8).data)
             complete = done == target.nbytes
         else:
             data = file.read(target.size * dtype.itemsize)
@@ -303,15 +303,12 @@ def _fill(target: np.ndarray, path: Path, item: _Header) -> None:
 
 def _stored_dtype(items: Sequence[_Header]) -> np.dtype:
     """The series' own dtype when every slice shares it (int16 for CT), else one that holds them all."""
-    dtypes = {
-        (item.raw[1].newbyteorder("=") if item.raw else item.decoded.dtype)
-        for item in items
-        if item.raw is not None or item.decoded is not None
-    }
+    dtypes = {item.raw[1].newbyteorder("=") for item in items if item.raw is not None}
+    dtypes.update(item.decoded.dtype for item in items if item.decoded is not None)
     return np.result_type(*dtypes)
 
 
-def _stored_volume(ordered: Sequence[tuple[Path, _Header]], pool: Executor | None) -> StoredVolume:
+def _stored_volume(ordered: Sequence[tuple[Path, _Header]], pool: Executor) -> StoredVolume:
     """The second pass: stored values straight into one preallocated array, in threads."""
     first = ordered[0][1].header
     values = np.empty(
@@ -347,15 +344,14 @@ def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_sli
     """
     if not paths:
         raise VolumeError("no files in the series")
-    own = executor is None
-    pool = executor or ThreadPoolExecutor(max_workers=_PIXEL_THREADS)
+    pool: Executor = executor if executor is not None else ThreadPoolExecutor(max_workers=_PIXEL_THREADS)
     try:
         loaded = list(pool.map(_read_header, paths, chunksize=8))
         for item in loaded[:1]:
             phi.protect_dataset(item.header)
         return _assemble(paths, loaded, pool, min_slices)
     finally:
-        if own:
+        if executor is None:
             pool.shutdown()
 
 

@@ -30,6 +30,7 @@ def _predictor(checkpoint: Path, **options: object) -> Predictor:
 
 def _volume() -> np.ndarray:
     (case,) = make_cohort(1, seed=11, slices=20, size=48)
+    assert case.volume_hu is not None
     return case.volume_hu
 
 

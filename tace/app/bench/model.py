@@ -126,7 +126,7 @@ def run_production_benchmark(
         bare = ResNet50().eval().to(device)
         images = torch.rand(batch, 3, image_size, image_size, device=device)
         if channels_last:
-            bare = bare.to(memory_format=torch.channels_last)
+            bare = bare.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; the stubs omit it
             images = images.contiguous(memory_format=torch.channels_last)
         forward = torch.compile(bare) if compiled else bare
         bare_rate, production_rate = _interleaved_rates(
