@@ -135,6 +135,16 @@ def _wait_for_srs(engine: sa.Engine, series_uids: Sequence[str], timeout: float)
     return seen
 
 
+def _wait_for_log(log: Path, event: str, timeout: float) -> None:
+    """The worker logs ``event`` once its warm-up is done; the first series is timed from then on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if event in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"no {event} in {log} after {timeout:.0f} s")
+
+
 def end_to_end(options: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
     print(f"\n== tace up end to end on {DEVICE} ==", flush=True)
     checkpoint = bench_checkpoint(work, model_slices=options.model_slices, image_size=options.image_size)
@@ -152,7 +162,7 @@ def end_to_end(options: argparse.Namespace, work: Path, env: dict[str, str]) -> 
             "TACE_RELEASE_GRACE_SECONDS": str(options.grace),
             "TACE_SERIES_QUIET_SECONDS": "30",
             "TACE_MIN_FREE_BYTES": "0",
-            "TACE_LOG_LEVEL": "warning",
+            "TACE_LOG_LEVEL": "info",
             "TACE_DICOM_PORT": str(port),
             "TACE_HL7_PORT": str(_free_port()),
             "TACE_API_PORT": str(_free_port()),
@@ -172,7 +182,13 @@ def end_to_end(options: argparse.Namespace, work: Path, env: dict[str, str]) -> 
         for line in up.stdout:
             if line.strip() == "ready":
                 break
-        print(f"[{DEVICE}] tace up ready in {time.monotonic() - started:.1f} s", flush=True)
+        print(f"[{DEVICE}] tace up ready (ports held) in {time.monotonic() - started:.1f} s", flush=True)
+        _wait_for_log(work / "up.log", "model.warmed_up", options.timeout)
+        print(
+            f"[{DEVICE}] worker warmed up (model loaded, compiled when on CUDA, one blank series) "
+            f"{time.monotonic() - started:.1f} s after start",
+            flush=True,
+        )
         engine = make_engine(f"sqlite:///{data / 'tace.db'}")
         latencies = []
         for uid, paths in singles:
