@@ -139,7 +139,7 @@ def _wait_for_log(log: Path, event: str, timeout: float) -> None:
     """The worker logs ``event`` once its warm-up is done; the first series is timed from then on."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if event in log.read_text(errors="replace"):
+        if log.exists() and event in log.read_text(errors="replace"):
             return
         time.sleep(0.2)
     raise TimeoutError(f"no {event} in {log} after {timeout:.0f} s")
@@ -183,7 +183,7 @@ def end_to_end(options: argparse.Namespace, work: Path, env: dict[str, str]) -> 
             if line.strip() == "ready":
                 break
         print(f"[{DEVICE}] tace up ready (ports held) in {time.monotonic() - started:.1f} s", flush=True)
-        _wait_for_log(work / "up.log", "model.warmed_up", options.timeout)
+        _wait_for_log(data / "logs" / "worker.log", "model.warmed_up", options.timeout)
         print(
             f"[{DEVICE}] worker warmed up (model loaded, compiled when on CUDA, one blank series) "
             f"{time.monotonic() - started:.1f} s after start",

@@ -135,6 +135,12 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
         )
 
 
+def _prefetching(ctx: WorkerContext) -> bool:
+    """On a CPU the look-ahead's decode competes with the model for the same cores (and the GIL)."""
+    mode = ctx.settings.worker_prefetch
+    return mode == "on" or (mode == "auto" and ctx.predictor.device.type == "cuda")
+
+
 def _next_series(ctx: WorkerContext, current: int) -> list[Sequence[Path]]:
     """The series of the oldest other job queued for inference: what the worker will most likely run next."""
     with session_scope(ctx.engine) as session:
@@ -184,7 +190,9 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
         labs_rule=rule,
         decode_pool=ctx.decode_pool,
         read=ctx.prefetch.read,
-        on_gathered=lambda: ctx.prefetch.start(partial(_next_series, ctx, lease.job_id)),
+        on_gathered=partial(ctx.prefetch.start, partial(_next_series, ctx, lease.job_id))
+        if _prefetching(ctx)
+        else None,
     )
     if isinstance(result, pipeline.LabsMissing):
         definitions = ctx.predictor.meta.schema.by_name()

@@ -296,7 +296,9 @@ def test_the_infer_stage_reads_the_next_queued_job_while_the_model_runs(
         session.add(Job(**fields))
     with session_scope(sqlite_engine) as session:
         second = max(session.exec(select(Job.id)).all())
-    context = _context(make_settings, sqlite_engine, demo_checkpoint, labs_deadline_seconds=0)
+    context = _context(
+        make_settings, sqlite_engine, demo_checkpoint, labs_deadline_seconds=0, worker_prefetch="on"
+    )
     assert run_infer(context, stored_job) == "predicted"
     assert context.prefetch.hits == 0
     assert run_infer(context, second) == "predicted"
