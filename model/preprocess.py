@@ -57,12 +57,20 @@ class StoredVolume:
         return self.to_hu(torch.device("cpu")).numpy()
 
     def to_hu(self, device: torch.device, indices: Tensor | None = None) -> Tensor:
-        """Upload the (selected) stored slices as they are, then rescale on ``device``."""
+        """Upload the (selected) stored slices as they are, then rescale on ``device``.
+
+        Unsigned 16-bit values travel as their int16 bit patterns and are widened
+        on the device: torch's uint16 lacks kernels on CUDA, int16 and int32 have them.
+        """
         pick = np.arange(len(self.values)) if indices is None else indices.cpu().numpy()
-        values = torch.from_numpy(np.ascontiguousarray(self.values[pick]))
+        chosen = np.ascontiguousarray(self.values[pick])
+        unsigned = chosen.dtype == np.uint16
+        values = torch.from_numpy(chosen.view(np.int16) if unsigned else chosen)
         if device.type == "cuda":
             values = values.pin_memory()
         stored = values.to(device, non_blocking=True)
+        if unsigned:
+            stored = stored.int() & 0xFFFF
         slope = torch.from_numpy(self.slope[pick].astype(np.float32)).to(device).view(-1, 1, 1)
         intercept = torch.from_numpy(self.intercept[pick].astype(np.float32)).to(device).view(-1, 1, 1)
         hu = stored.float() * slope + intercept

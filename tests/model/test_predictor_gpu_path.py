@@ -102,3 +102,14 @@ def test_the_worker_warms_the_model_up_once_at_start(demo_checkpoint: Path, data
     assert context.predictor is predictor
     (line,) = [entry for entry in logs if entry["event"] == "model.warmed_up"]
     assert line["compiled"] is False and line["device"] == "cpu" and line["seconds"] > 0
+
+
+def test_unsigned_values_above_the_int16_range_survive_the_upload() -> None:
+    values = np.array([[[0, 4095], [40000, 65535]]], dtype=np.uint16)
+    stored = StoredVolume(
+        values=values,
+        slope=np.array([0.5], dtype=np.float32),
+        intercept=np.array([-1024.0], dtype=np.float32),
+    )
+    expected = values.astype(np.float32) * np.float32(0.5) + np.float32(-1024.0)
+    assert np.array_equal(stored.hu(), expected)
