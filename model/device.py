@@ -23,6 +23,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def compile_wanted(mode: str, device: torch.device) -> bool:
+    """``auto`` compiles on CUDA only: on a CPU the minutes of compiling outweigh what they save."""
+    if mode == "auto":
+        return device.type == "cuda"
+    if mode in ("on", "off"):
+        return mode == "on"
+    raise DeviceError(f"compile mode {mode!r} is not auto, on or off")
+
+
 @contextlib.contextmanager
 def inference_precision(device: torch.device, bf16: bool) -> Iterator[None]:
     """bf16 autocast on CUDA when asked; always fp32 on the CPU."""

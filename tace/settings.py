@@ -315,6 +315,8 @@ class Settings(BaseSettings):
     """CA bundle that verifies HTTPS DICOMweb destinations; unset: the system's trust store."""
     worker_decode_threads: int = Field(default=4, ge=1, le=64)
     worker_decode_processes: int = Field(default=0, ge=0, le=256)
+    worker_prefetch: Literal["auto", "on", "off"] = "auto"
+    """Read the next queued job's series while the model runs (auto: when the model runs on a GPU)."""
 
     outcome_obx_code: str = "TACE-MRECIST"
     """OBX-3 code (identifier or alternate identifier) whose CWE value is the mRECIST response."""
@@ -328,6 +330,8 @@ class Settings(BaseSettings):
 
     model_checkpoint: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile of the backbone at worker start (auto: on CUDA only; compiling takes tens of seconds)."""
 
     series_quiet_seconds: float = Field(default=30.0, gt=0)
     release_grace_seconds: float = Field(default=5.0, ge=0)

@@ -1,7 +1,8 @@
 """What a worker process holds for its whole life: settings, database, model, pools.
 
-The Predictor is loaded once per process, on first use, after the Celery worker
-has started (a solo or thread pool: no fork happens after CUDA is touched).
+The Predictor is loaded once per process and warmed up (compiled, one blank
+series through it) before the Celery worker takes a job; a solo or thread pool
+never forks after CUDA is touched.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tace.process import init_process
 from tace.queue import Publisher, make_celery
 from tace.settings import Settings
 from tace.storage import Storage, atomic_write
+from worker.prefetch import Prefetcher
 
 log = get_logger("tace.worker")
 
@@ -123,6 +125,7 @@ class WorkerContext:
     engine: Engine
     storage: Storage = field(init=False)
     decode_pool: Executor = field(init=False)
+    prefetch: Prefetcher = field(init=False)
     publisher: Publisher = field(init=False)
     _predictor: Predictor | None = field(default=None, init=False)
     _loaded_from: tuple[Path, int, int] | None = field(default=None, init=False)
@@ -131,6 +134,7 @@ class WorkerContext:
     def __post_init__(self) -> None:
         self.storage = Storage(self.settings.data_dir)
         self.decode_pool = decode_pool(self.settings)
+        self.prefetch = Prefetcher(self.decode_pool)
         self.publisher = Publisher(make_celery(self.settings))
 
     @property
@@ -145,7 +149,9 @@ class WorkerContext:
             stat = path.stat()
             source = (path, stat.st_size, stat.st_mtime_ns)
             if self._predictor is None or source != self._loaded_from:
-                self._predictor = Predictor.load(path, device=self.settings.device)
+                self._predictor = Predictor.load(
+                    path, device=self.settings.device, compile_mode=self.settings.compile
+                )
                 self._loaded_from = source
                 meta = self._predictor.meta
                 log.info(
@@ -157,3 +163,21 @@ class WorkerContext:
                     sha256=self._predictor.checkpoint_sha256[:16],
                 )
             return self._predictor
+
+    def warm_up(self) -> Predictor:
+        """Load the model and run one blank series through it before the worker takes a job.
+
+        With torch.compile the first forward pass takes tens of seconds; paid here,
+        the first series after a start is as fast as the rest.
+        """
+        predictor = self.predictor
+        seconds = predictor.warm_up()
+        log.info(
+            "model.warmed_up",
+            seconds=round(seconds, 3),
+            device=str(predictor.device),
+            compiled=predictor.compiled,
+            channels_last=predictor.channels_last,
+            bf16=predictor.bf16 and predictor.device.type == "cuda",
+        )
+        return predictor

@@ -9,6 +9,7 @@ decoded.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -134,6 +135,27 @@ def _load(ctx: WorkerContext, job_id: int) -> _Job:
         )
 
 
+def _prefetching(ctx: WorkerContext) -> bool:
+    """On a CPU the look-ahead's decode competes with the model for the same cores (and the GIL)."""
+    mode = ctx.settings.worker_prefetch
+    return mode == "on" or (mode == "auto" and ctx.predictor.device.type == "cuda")
+
+
+def _next_series(ctx: WorkerContext, current: int) -> list[Sequence[Path]]:
+    """The series of the oldest other job queued for inference: what the worker will most likely run next."""
+    with session_scope(ctx.engine) as session:
+        following = session.exec(
+            select(Job.id)
+            .where(Job.state == JobState.queued, Job.stage == Stage.infer, Job.id != current)
+            .order_by(col(Job.created_at), col(Job.id))
+            .limit(1)
+        ).first()
+    if following is None:
+        return []
+    case = _load(ctx, following).case
+    return [phase.paths for phase in case.phases] if case.phases else [case.paths]
+
+
 def run_infer(ctx: WorkerContext, job_id: int) -> StageOutcome:
     """Claim and run the infer stage; a prediction is handed to the send queue at once."""
     outcome = run_claimed(ctx, job_id, Stage.infer, lambda lease: _infer(ctx, lease))
@@ -162,7 +184,15 @@ def _infer(ctx: WorkerContext, lease: Lease) -> StageResult:
         settings.required_features, impute=remaining <= 0 and settings.labs_missing_policy == "impute"
     )
     result = pipeline.run_case(
-        job.case, labs=ctx.engine, predictor=ctx.predictor, labs_rule=rule, decode_pool=ctx.decode_pool
+        job.case,
+        labs=ctx.engine,
+        predictor=ctx.predictor,
+        labs_rule=rule,
+        decode_pool=ctx.decode_pool,
+        read=ctx.prefetch.read,
+        on_gathered=partial(ctx.prefetch.start, partial(_next_series, ctx, lease.job_id))
+        if _prefetching(ctx)
+        else None,
     )
     if isinstance(result, pipeline.LabsMissing):
         definitions = ctx.predictor.meta.schema.by_name()

@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ class Inputs:
     """The reference phase's volume (the only one for single-phase cases)."""
     timings: dict[str, float] = field(default_factory=dict)
     model_input: np.ndarray | None = None
-    """(slices, channels, rows, columns) for multi-phase cases; None: ``volume.hu``."""
+    """(slices, channels, rows, columns) HU for multi-phase cases; None: ``volume.pixels`` (stored values)."""
     evidence: list[Dataset] | None = None
     """Headers of every instance read; None: ``volume.headers``."""
 
@@ -124,10 +125,21 @@ def _elapsed(start: float) -> float:
     return round(time.perf_counter() - start, 4)
 
 
+VolumeReader = Callable[[Sequence[Path]], SeriesVolume]
+"""Reads one series' files into a volume (:func:`read_volume`, or a worker's prefetch)."""
+
+
 def gather(
-    case: Case, *, labs: Engine, predictor: Predictor, labs_rule: LabsRule, decode_pool: Executor | None
+    case: Case,
+    *,
+    labs: Engine,
+    predictor: Predictor,
+    labs_rule: LabsRule,
+    decode_pool: Executor | None,
+    read: VolumeReader | None = None,
 ) -> Inputs | LabsMissing | Refused:
     """Clinical values first, then the volume: a case still waiting for labs is never decoded."""
+    reader = read or partial(read_volume, executor=decode_pool)
     start = time.perf_counter()
     features = clinical_features(
         labs,
@@ -145,10 +157,10 @@ def gather(
         return LabsMissing(missing, features)
     start = time.perf_counter()
     if len(case.phases) > 1:
-        return _gather_phases(case, features, timings, start, decode_pool)
+        return _gather_phases(case, features, timings, start, reader)
     paths = case.phases[0].paths if case.phases else case.paths
     try:
-        volume = read_volume(paths, executor=decode_pool)
+        volume = reader(paths)
     except VolumeError as exc:
         return Refused("volume", str(exc))
     timings["read_volume"] = _elapsed(start)
@@ -174,13 +186,13 @@ def _sex_from_header(features: ClinicalFeatures, patient_sex: str | None) -> Non
 
 
 def _gather_phases(
-    case: Case, features: ClinicalFeatures, timings: dict[str, float], start: float, pool: Executor | None
+    case: Case, features: ClinicalFeatures, timings: dict[str, float], start: float, reader: VolumeReader
 ) -> Inputs | Refused:
     """Only the chosen series are decoded; the phases are then aligned on the reference phase."""
     volumes: list[tuple[str, SeriesVolume]] = []
     for phase in case.phases:
         try:
-            volumes.append((phase.phase, read_volume(phase.paths, executor=pool)))
+            volumes.append((phase.phase, reader(phase.paths)))
         except VolumeError as exc:
             return Refused("volume", f"{phase.phase.replace('_', ' ')} phase: {exc}")
     reference = case.reference or case.phases[0].phase
@@ -197,12 +209,21 @@ def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
     timings = dict(inputs.timings)
     start = time.perf_counter()
     try:
-        volume = inputs.model_input if inputs.model_input is not None else inputs.volume.hu
+        volume = inputs.model_input if inputs.model_input is not None else inputs.volume.pixels
         result = predictor.predict(volume, inputs.features.model_input())
     except SchemaError as exc:
         return Refused("features", str(exc))
     timings["model"] = _elapsed(start)
     start = time.perf_counter()
+    identity, sr = sr_file(inputs, result, predictor)
+    timings["sr"] = _elapsed(start)
+    timings.update({f"model.{name}": round(value, 4) for name, value in result.timings.items()})
+    slices = len(inputs.model_input) if inputs.model_input is not None else len(inputs.volume.pixels)
+    return Predicted(result, inputs.features, identity, sr, slices, timings)
+
+
+def sr_file(inputs: Inputs, result: PredictionResult, predictor: Predictor) -> tuple[SrIdentity, bytes]:
+    """The SR of a prediction as file bytes (the benchmark times this part on its own)."""
     case = inputs.case
     study = case.study_instance_uid or inputs.volume.study_instance_uid
     identity = sr_identity(study, result.model_version, case.generation)
@@ -219,17 +240,29 @@ def predict(inputs: Inputs, *, predictor: Predictor) -> Predicted | Refused:
     )
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
-    timings["sr"] = _elapsed(start)
-    timings.update({f"model.{name}": round(value, 4) for name, value in result.timings.items()})
-    slices = len(inputs.model_input) if inputs.model_input is not None else len(inputs.volume.hu)
-    return Predicted(result, inputs.features, identity, buffer.getvalue(), slices, timings)
+    return identity, buffer.getvalue()
 
 
 def run_case(
-    case: Case, *, labs: Engine, predictor: Predictor, labs_rule: LabsRule, decode_pool: Executor | None
+    case: Case,
+    *,
+    labs: Engine,
+    predictor: Predictor,
+    labs_rule: LabsRule,
+    decode_pool: Executor | None,
+    read: VolumeReader | None = None,
+    on_gathered: Callable[[], object] | None = None,
 ) -> Predicted | LabsMissing | Refused:
-    """The whole path for one case; :func:`gather` and :func:`predict` are its two halves."""
-    gathered = gather(case, labs=labs, predictor=predictor, labs_rule=labs_rule, decode_pool=decode_pool)
+    """The whole path for one case; :func:`gather` and :func:`predict` are its two halves.
+
+    ``on_gathered`` runs once the volume is read and before the model: a worker
+    starts reading its next job there, so decode overlaps the model.
+    """
+    gathered = gather(
+        case, labs=labs, predictor=predictor, labs_rule=labs_rule, decode_pool=decode_pool, read=read
+    )
     if not isinstance(gathered, Inputs):
         return gathered
+    if on_gathered is not None:
+        on_gathered()
     return predict(gathered, predictor=predictor)

@@ -187,9 +187,10 @@ def build_sr(
         title=REPORT_TITLE,
     )
     demo = " DEMO" if content.demo else ""
+    root = report[0]
     sr = Comprehensive3DSR(
         evidence=conformed_evidence(evidence),
-        content=report[0],
+        content=_childless(root),
         series_instance_uid=identity.series_instance_uid,
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=identity.sop_instance_uid,
@@ -209,6 +210,7 @@ def build_sr(
             )
         ],
     )
+    sr.ContentSequence = root.ContentSequence
     sr.SeriesDescription = f"AI TACE response ({content.model_name}{demo})"[:64]
     coding = Dataset()
     coding.CodingSchemeDesignator = SCHEME
@@ -216,6 +218,22 @@ def build_sr(
     coding.CodingSchemeResponsibleOrganization = MANUFACTURER
     sr.CodingSchemeIdentificationSequence = [coding]
     return sr
+
+
+def _childless(root: Dataset) -> Dataset:
+    """The report's root item without its children, for the SR constructor; they are attached after.
+
+    highdicom deep-copies the content it is given, parses it back into content
+    items and walks it for image references: about 60% of building an SR. Ours
+    references no image (the evidence is given as such), so the constructor gets
+    the root alone and the finished document is the same dataset.
+    """
+    skeleton = Dataset()
+    for element in root:
+        if element.keyword != "ContentSequence":
+            skeleton.add(element)
+    skeleton.ContentSequence = []
+    return skeleton
 
 
 def _summary(content: SrContent) -> str:

@@ -10,22 +10,33 @@ words an administrator can act on, and decodes the slices in parallel.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import highdicom
 import numpy as np
 import pydicom
-from highdicom.spatial import get_series_volume_positions
+from highdicom.spatial import get_volume_positions
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    LegacyConvertedEnhancedCTImageStorage,
+)
 
+from model.preprocess import StoredVolume
 from tace import phi
 
-AIR_HU = -1000.0
+_NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_PIXEL_THREADS = 4
 MULTIFRAME_CT = (EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage)
 CT_CLASSES = (CTImageStorage, *MULTIFRAME_CT)
 _ORIENTATION_TOLERANCE = 1e-4
@@ -38,8 +49,8 @@ class VolumeError(ValueError):
 
 @dataclass(frozen=True)
 class SeriesVolume:
-    hu: np.ndarray
-    """(slices, rows, columns) float32 HU, ordered along the slice normal."""
+    pixels: StoredVolume
+    """(slices, rows, columns) stored values and their rescale, ordered along the slice normal."""
     spacing: tuple[float, float, float]
     """(between slices, between rows, between columns) in mm."""
     affine: np.ndarray
@@ -48,6 +59,11 @@ class SeriesVolume:
     series_instance_uid: str
     headers: list[Dataset]
     """The source datasets without pixel data, in volume order: the SR's evidence."""
+
+    @cached_property
+    def hu(self) -> np.ndarray:
+        """(slices, rows, columns) float32 HU, made on the CPU on first use (phase alignment)."""
+        return self.pixels.hu()
 
 
 def _orientation_key(ds: Dataset) -> tuple[float, ...]:
@@ -75,28 +91,24 @@ def _read(path: Path) -> Dataset:
     return dataset
 
 
-def _hu_slice(ds: Dataset) -> np.ndarray:
-    """Stored values -> HU with this slice's own rescale; padding becomes air."""
+def _padding(ds: Dataset) -> tuple[int, int] | None:
+    padding = ds.get("PixelPaddingValue")
+    if padding is None:
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    low, high = sorted((int(padding), int(limit))) if limit is not None else (int(padding), int(padding))
+    return low, high
+
+
+def _stored_slice(ds: Dataset) -> np.ndarray:
+    """The stored values as the decoder gives them (compressed and unusual encodings)."""
     try:
-        stored = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder errors vary by plugin
         raise VolumeError(
             f"instance {ds.SOPInstanceUID}: pixel data cannot be decoded "
             f"({ds.file_meta.TransferSyntaxUID.name}: {exc})"
         ) from None
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    hu = stored.astype(np.float32)
-    if slope != 1.0:
-        hu *= slope
-    if intercept:
-        hu += intercept
-    padding = ds.get("PixelPaddingValue")
-    if padding is not None:
-        limit = ds.get("PixelPaddingRangeLimit")
-        low, high = sorted((int(padding), int(limit))) if limit is not None else (int(padding), int(padding))
-        hu[(stored >= low) & (stored <= high)] = AIR_HU
-    return hu
 
 
 def _header(ds: Dataset) -> Dataset:
@@ -134,6 +146,25 @@ def _check_consistency(datasets: Sequence[Dataset]) -> None:
         raise VolumeError(
             f"mixed pixel spacing: {', '.join(f'{s[0]}x{s[1]} mm ({n} slices)' for s, n in spacings.items())}"
         )
+
+
+def _volume_positions(headers: Sequence[Dataset]) -> tuple[float | None, list[int] | None]:
+    """highdicom's ``get_series_volume_positions`` for headers known to be single-frame CT.
+
+    Its own per-dataset multi-frame check looks each one up in the IOD tables
+    (0.8 ms a slice, twice the whole decode budget); the CT SOP class settles it.
+    """
+    if len(headers) == 1:
+        return 1.0, [0]
+    orientation = headers[0].ImageOrientationPatient
+    if any(ds.ImageOrientationPatient != orientation for ds in headers[1:]):
+        return None, None
+    return get_volume_positions(
+        image_positions=[ds.ImagePositionPatient for ds in headers],
+        image_orientation=orientation,
+        rtol=0.05,
+        perpendicular_tol=1e-3,
+    )
 
 
 def _explain_irregular(datasets: Sequence[Dataset]) -> str:
@@ -181,49 +212,172 @@ def _enhanced_volume(ds: Dataset) -> tuple[np.ndarray, highdicom.Volume]:
 
 
 @dataclass(frozen=True)
-class _Loaded:
-    """One file's header (pixel data removed) and its HU slice, or why it could not be decoded."""
+class _Header:
+    """One file's header and where its stored values come from, or why they cannot be decoded."""
 
     header: Dataset
-    hu: np.ndarray | None
-    error: str | None
+    raw: tuple[int, np.dtype] | None = None
+    """(file offset, little-endian dtype) of uncompressed pixel bytes, read straight into the volume."""
+    decoded: np.ndarray | None = None
+    """Stored values decoded by pydicom (compressed or unusual encodings)."""
+    error: str | None = None
 
 
-def _load(path: Path) -> _Loaded:
-    """Per-file work, picklable so a process pool can run it: read, decode, rescale."""
-    ds = _read(path)
-    if ds.SOPClassUID in MULTIFRAME_CT or ds.SOPClassUID not in CT_CLASSES:
-        return _Loaded(ds, None, None)
+def _raw_layout(ds: Dataset, file: BinaryIO) -> tuple[int, np.dtype] | None:
+    """Offset and dtype of native 16-bit single-frame pixel bytes, ``file`` at the Pixel Data tag.
+
+    Such bytes are the stored values as they are: a header-only parse plus one read
+    gives what ``pixel_array`` would, without building a full dataset. Anything else
+    (compressed, big endian, 8 or 32 bits, colour, several frames) returns None.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if (
+        syntax not in _NATIVE_SYNTAXES
+        or ds.get("BitsAllocated") != 16
+        or ds.get("SamplesPerPixel", 1) != 1
+        or int(ds.get("NumberOfFrames") or 1) != 1
+        or ds.get("PixelRepresentation") not in (0, 1)
+    ):
+        return None
+    start = file.tell()
+    element = file.read(12)
+    if len(element) < 8 or struct.unpack("<HH", element[:4]) != (0x7FE0, 0x0010):
+        return None
+    if syntax == ImplicitVRLittleEndian:
+        (length,), value_at = struct.unpack("<I", element[4:8]), 8
+    elif len(element) == 12 and element[4:6] in (b"OW", b"OB"):
+        (length,), value_at = struct.unpack("<I", element[8:12]), 12
+    else:
+        return None
+    if length == 0xFFFFFFFF or length < int(ds.Rows) * int(ds.Columns) * 2:
+        return None
+    return start + value_at, np.dtype("<i2" if ds.PixelRepresentation == 1 else "<u2")
+
+
+def _read_header(path: Path) -> _Header:
+    """Per-file work of the first pass, picklable for a process pool: headers, no pixels.
+
+    Only a file whose pixels cannot be read as they are is decoded here, and then as
+    its stored integers; no float array ever crosses a process boundary.
+    """
     try:
-        hu = _hu_slice(ds)
+        with path.open("rb") as file:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+            raw = _raw_layout(ds, file) if ds.get("SOPClassUID") == CTImageStorage else None
+    except Exception as exc:  # noqa: BLE001 - the parser raises many types on bad files
+        raise VolumeError(
+            f"{path.name}: not a readable DICOM file ({exc.__class__.__name__}: {exc})"
+        ) from None
+    phi.protect_dataset(ds)
+    if ds.SOPClassUID in MULTIFRAME_CT:
+        return _Header(_read(path))
+    if ds.SOPClassUID not in CT_CLASSES or raw is not None:
+        return _Header(ds, raw)
+    try:
+        return _Header(ds, decoded=_stored_slice(_read(path)))
     except VolumeError as exc:
-        return _Loaded(_header(ds), None, str(exc))
-    return _Loaded(_header(ds), hu, None)
+        return _Header(ds, error=str(exc))
+
+
+def _fill(target: np.ndarray, path: Path, item: _Header) -> None:
+    """Stored values of one slice into its place in the volume (numpy and file reads release the GIL)."""
+    if item.decoded is not None:
+        target[...] = item.decoded
+        return
+    assert item.raw is not None, "a CT slice is either decoded or read raw"
+    offset, dtype = item.raw
+    with path.open("rb", buffering=0) as file:
+        file.seek(offset)
+        if dtype == target.dtype:
+            done = file.readinto(target.reshape(-1).view(np.uint8).data)
+            complete = done == target.nbytes
+        else:
+            data = file.read(target.size * dtype.itemsize)
+            complete = len(data) == target.size * dtype.itemsize
+            if complete:
+                target[...] = np.frombuffer(data, dtype=dtype).reshape(target.shape)
+    if not complete:
+        raise VolumeError(f"{path.name}: pixel data ends before {target.shape[0]}x{target.shape[1]} values")
+
+
+def _stored_dtype(items: Sequence[_Header]) -> np.dtype:
+    """The series' own dtype when every slice shares it (int16 for CT), else one that holds them all."""
+    dtypes = {item.raw[1].newbyteorder("=") for item in items if item.raw is not None}
+    dtypes.update(item.decoded.dtype for item in items if item.decoded is not None)
+    return np.result_type(*dtypes)
+
+
+def _stored_volume(ordered: Sequence[tuple[Path, _Header]], pool: Executor) -> StoredVolume:
+    """The second pass: stored values straight into one preallocated array, in threads."""
+    first = ordered[0][1].header
+    values = np.empty(
+        (len(ordered), int(first.Rows), int(first.Columns)),
+        dtype=_stored_dtype([item for _, item in ordered]),
+    )
+    readers = ThreadPoolExecutor(_PIXEL_THREADS) if isinstance(pool, ProcessPoolExecutor) else pool
+    try:
+        list(readers.map(_fill, values, *zip(*ordered, strict=True)))
+    finally:
+        if readers is not pool:
+            readers.shutdown()
+    headers = [item.header for _, item in ordered]
+    paddings = [_padding(ds) for ds in headers]
+    return StoredVolume(
+        values=values,
+        slope=np.array([float(ds.get("RescaleSlope", 1.0) or 1.0) for ds in headers], dtype=np.float32),
+        intercept=np.array(
+            [float(ds.get("RescaleIntercept", 0.0) or 0.0) for ds in headers], dtype=np.float32
+        ),
+        padding=None
+        if all(p is None for p in paddings)
+        else np.array([p if p is not None else (1, 0) for p in paddings], dtype=np.int64),
+    )
 
 
 def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_slices: int = 1) -> SeriesVolume:
-    """Read, check and decode one series; ``executor`` (threads or processes) runs the per-file work."""
+    """Read, check and decode one series; ``executor`` (threads or processes) parses the headers.
+
+    Two passes: headers first (the part that holds the GIL, so a process pool
+    spreads it over cores), then, once the slice order is known, the pixel bytes
+    straight into one int16 array by threads.
+    """
     if not paths:
         raise VolumeError("no files in the series")
-    own = executor is None
-    pool = executor or ThreadPoolExecutor(max_workers=4)
+    pool: Executor = executor if executor is not None else ThreadPoolExecutor(max_workers=_PIXEL_THREADS)
     try:
-        loaded = list(pool.map(_load, paths, chunksize=8))
+        loaded = list(pool.map(_read_header, paths, chunksize=8))
+        for item in loaded[:1]:
+            phi.protect_dataset(item.header)
+        return _assemble(paths, loaded, pool, min_slices)
     finally:
-        if own:
+        if executor is None:
             pool.shutdown()
-    images = [item for item in loaded if item.header.SOPClassUID in CT_CLASSES]
+
+
+def _assemble(
+    paths: Sequence[Path], loaded: Sequence[_Header], pool: Executor, min_slices: int
+) -> SeriesVolume:
+    images = [
+        (path, item)
+        for path, item in zip(paths, loaded, strict=True)
+        if item.header.SOPClassUID in CT_CLASSES
+    ]
     if not images:
         classes = sorted({str(item.header.SOPClassUID.name) for item in loaded})
         raise VolumeError(f"no CT images in the series (found {', '.join(classes)})")
-    enhanced = [item.header for item in images if item.header.SOPClassUID in MULTIFRAME_CT]
+    enhanced = [item.header for _, item in images if item.header.SOPClassUID in MULTIFRAME_CT]
     if enhanced:
         if len(images) != 1:
             raise VolumeError(f"series mixes {len(enhanced)} enhanced CT object(s) with other CT images")
         array, volume = _enhanced_volume(enhanced[0])
         between_slices, between_rows, between_columns = (float(v) for v in volume.spacing)
         return SeriesVolume(
-            hu=array,
+            pixels=StoredVolume(
+                values=array,
+                slope=np.ones(len(array), dtype=np.float32),
+                intercept=np.zeros(len(array), dtype=np.float32),
+            ),
             spacing=(between_slices, between_rows, between_columns),
             affine=volume.affine,
             sop_instance_uids=[enhanced[0].SOPInstanceUID],
@@ -231,25 +385,21 @@ def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_sli
             series_instance_uid=enhanced[0].SeriesInstanceUID,
             headers=[_header(enhanced[0])],
         )
-    headers = [item.header for item in images]
+    headers = [item.header for _, item in images]
     _check_consistency(headers)
     if len(images) < min_slices:
         raise VolumeError(f"{len(images)} slice(s), at least {min_slices} needed")
-    spacing, indices = get_series_volume_positions(headers, rtol=0.05, perpendicular_tol=1e-3)
+    spacing, indices = _volume_positions(headers)
     if spacing is None or indices is None:
         raise VolumeError(_explain_irregular(headers))
-    undecodable = next((item.error for item in images if item.error), None)
+    undecodable = next((item.error for _, item in images if item.error), None)
     if undecodable:
         raise VolumeError(undecodable)
-    ordered = [item for _, item in sorted(zip(indices, images, strict=True), key=lambda pair: pair[0])]
-    first = ordered[0].header
-    slices = []
-    for item in ordered:
-        assert item.hu is not None, "a slice without pixels has an error, refused above"
-        slices.append(item.hu)
-    hu = np.stack(slices)
+    ordered = [pair for _, pair in sorted(zip(indices, images, strict=True), key=lambda pair: pair[0])]
+    first = ordered[0][1].header
+    pixels = _stored_volume(ordered, pool)
     volume = highdicom.Volume.from_attributes(
-        array=hu,
+        array=pixels.values,
         image_position=first.ImagePositionPatient,
         image_orientation=first.ImageOrientationPatient,
         pixel_spacing=first.PixelSpacing,
@@ -259,13 +409,13 @@ def read_volume(paths: Sequence[Path], executor: Executor | None = None, min_sli
     )
     row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
     return SeriesVolume(
-        hu=hu,
+        pixels=pixels,
         spacing=(float(spacing), row_spacing, column_spacing),
         affine=volume.affine,
-        sop_instance_uids=[item.header.SOPInstanceUID for item in ordered],
+        sop_instance_uids=[item.header.SOPInstanceUID for _, item in ordered],
         study_instance_uid=first.StudyInstanceUID,
         series_instance_uid=first.SeriesInstanceUID,
-        headers=[item.header for item in ordered],
+        headers=[item.header for _, item in ordered],
     )
 
 

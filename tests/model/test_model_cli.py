@@ -333,13 +333,20 @@ def test_bench_model_prints_the_ratio_to_a_bare_resnet(data_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("device: CPU")
-    fields = lines[-1].split()
+    fields = lines[2].split()
     assert fields[0] == "fp32"
     bare, cldca, ratio = (float(fields[i].replace(",", "")) for i in (2, 3, 5))
     assert bare > 0 and cldca > 0
     # Rates are printed to 0.1 slices/s and the ratio, of the exact rates, to two places: on a
     # loaded machine a rate under 1/s leaves the printed rates far less precise than the ratio.
     assert (cldca - 0.05) / (bare + 0.05) - 0.005 <= ratio <= (cldca + 0.05) / (bare - 0.05) + 0.005
+    production = lines[-1]
+    assert production.startswith("production predictor / best ResNet-50 at batch 4: ")
+    assert "(goal >= 0.8, issue 16 goal 4): " in production and production.split()[-1] in ("PASS", "FAIL")
+    printed = float(production.split(": ")[1].split()[0])
+    rows = [line.split() for line in lines if line.startswith("fp32 ") and len(line.split()) in (4, 5)]
+    best = max(rows, key=lambda row: float(row[-3].replace(",", "")))
+    assert printed == float(best[-1]), "the goal line is the ratio against the fastest ResNet-50 form"
 
 
 def test_three_phase_training_records_the_input_contract_and_the_planted_signal(

@@ -9,8 +9,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from model.preprocess import AIR_HU
 from tace.app.synthetic_ct import SeriesSpec, phantom_hu, write_series
-from worker.volume import AIR_HU, VolumeError, read_volume
+from worker.volume import VolumeError, read_volume
 
 
 def _expected(spec: SeriesSpec) -> np.ndarray:

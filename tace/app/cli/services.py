@@ -109,6 +109,7 @@ def worker(
         fail(str(exc))
     if "infer" in queues:
         ensure_checkpoint(settings)
+        context.warm_up()
     if renders_json():
         arguments = celery_console.json_only(arguments)
     build_app(context).worker_main(arguments)
@@ -121,8 +122,11 @@ def bench_pipeline(
     slices: Annotated[int, typer.Option(help="Slices per series (512x512).")] = 100,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default TACE_DEVICE).")] = None,
     decode_processes: Annotated[int, typer.Option(help="Decode in this many processes (0: threads).")] = 0,
+    model_slices: Annotated[
+        int | None, typer.Option(min=1, help="Slices the model reads (all are decoded); default every slice.")
+    ] = None,
 ) -> None:
-    """Series/s from stored series to SR bytes, with the per-stage breakdown."""
+    """Series/s from stored series to SR bytes, the per-stage breakdown and goal 3's budgets (PASS/FAIL)."""
     from tace.app.bench.pipeline import run_pipeline_benchmark
     from tace.app.cli.progress import progress_bars
     from worker.context import decode_pool
@@ -141,6 +145,9 @@ def bench_pipeline(
                 device=device or settings.device,
                 pool=pool,
                 pool_name=name,
+                pool_workers=decode_processes or settings.worker_decode_threads,
+                model_slices=model_slices,
+                compile_mode=settings.compile,
                 progress=report,
             )
         )
