@@ -198,11 +198,21 @@ def test_kill_during_a_body_leaves_the_finished_part_stored_and_no_staging_file(
     assert _sop(second) not in _rows(restarted)
 
 
+@pytest.mark.parametrize(
+    ("token", "headers"),
+    [(TOKEN, AUTH), (None, {})],
+    ids=["certificate-and-token", "certificate-alone-when-no-token-is-configured"],
+)
 def test_over_tls_a_client_certificate_from_the_ca_is_required(
-    start_stow: Callable[..., StowProcess], ct_series: Callable[..., list[Path]], tmp_path: Path
+    start_stow: Callable[..., StowProcess],
+    ct_series: Callable[..., list[Path]],
+    tmp_path: Path,
+    token: str | None,
+    headers: dict[str, str],
 ) -> None:
     certs = make_certificates(tmp_path / "certs")
     stow = start_stow(
+        stow_token=token,
         stow_tls_cert=certs.server_cert,
         stow_tls_key=certs.server_key,
         stow_tls_ca=certs.ca,
@@ -211,13 +221,13 @@ def test_over_tls_a_client_certificate_from_the_ca_is_required(
     (file,) = ct_series(slices=1, rows=64, columns=64)
     body, content_type = multipart([("application/dicom", file.read_bytes())])
     url = f"https://127.0.0.1:{stow.port}/dicomweb/studies"
-    headers = {**AUTH, "Content-Type": content_type}
+    sent = {**headers, "Content-Type": content_type}
     anonymous = ssl.create_default_context(cafile=certs.ca)
     with pytest.raises(httpx.TransportError):
-        httpx.post(url, content=body, headers=headers, verify=anonymous)
+        httpx.post(url, content=body, headers=sent, verify=anonymous)
     scanner = ssl.create_default_context(cafile=certs.ca)
     scanner.load_cert_chain(certs.client_cert, certs.client_key)
-    response = httpx.post(url, content=body, headers=headers, verify=scanner)
+    response = httpx.post(url, content=body, headers=sent, verify=scanner)
     assert response.status_code == 200
     assert set(_rows(stow)) == {_sop(file)}
 
@@ -228,30 +238,6 @@ def test_stow_without_a_token_configured_stops_with_one_line(data_dir: Path) -> 
     )
     assert result.returncode == 2
     assert "STOW-RS senders need a credential: set TACE_STOW_TOKEN, or TACE_STOW_TLS_CERT" in result.stderr
-
-
-def test_a_client_certificate_alone_is_a_credential_when_no_token_is_configured(
-    start_stow: Callable[..., StowProcess], ct_series: Callable[..., list[Path]], tmp_path: Path
-) -> None:
-    certs = make_certificates(tmp_path / "certs")
-    stow = start_stow(
-        stow_token=None,
-        stow_tls_cert=certs.server_cert,
-        stow_tls_key=certs.server_key,
-        stow_tls_ca=certs.ca,
-        stow_tls_require_client_cert="true",
-    )
-    (file,) = ct_series(slices=1, rows=64, columns=64)
-    body, content_type = multipart([("application/dicom", file.read_bytes())])
-    url = f"https://127.0.0.1:{stow.port}/dicomweb/studies"
-    anonymous = ssl.create_default_context(cafile=certs.ca)
-    with pytest.raises(httpx.TransportError):
-        httpx.post(url, content=body, headers={"Content-Type": content_type}, verify=anonymous)
-    scanner = ssl.create_default_context(cafile=certs.ca)
-    scanner.load_cert_chain(certs.client_cert, certs.client_key)
-    response = httpx.post(url, content=body, headers={"Content-Type": content_type}, verify=scanner)
-    assert response.status_code == 200
-    assert set(_rows(stow)) == {_sop(file)}
 
 
 def test_a_body_cut_before_its_closing_boundary_is_400_and_the_finished_parts_stay_stored(
