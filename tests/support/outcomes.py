@@ -80,6 +80,22 @@ def add_prediction(
         return job.id
 
 
+def add_outcome(engine: Engine, patient_id: str, assessed_on: dt.date, response: str) -> None:
+    """An mRECIST outcome as a CSV import stores it (no issuer), for the linker to find."""
+    with session_scope(engine) as session:
+        session.add(
+            Outcome(
+                patient_id=patient_id,
+                patient_hash=phi.patient_hash(patient_id, None),
+                assessed_on=assessed_on,
+                response=response,
+                source_kind="csv",
+                source_id=f"test:{patient_id}:{assessed_on}",
+                outcome_key=f"csv:{assessed_on}",
+            )
+        )
+
+
 def write_site_checkpoint(demo_checkpoint: Path, path: Path) -> Path:
     """The demo network with a validated AUC of 0.90 (0.85-0.95) and albumin around 4 g/dL in training."""
     loaded = load_checkpoint(demo_checkpoint)

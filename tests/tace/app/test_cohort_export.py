@@ -21,8 +21,8 @@ from model.schema import FeatureSchema
 from tace import phi
 from tace.app.deidentify import Deidentifier, DeidentifyError
 from tace.app.synthetic_ct import SeriesSpec, write_series
-from tace.db import Job, Outcome, Series, Study, session_scope
-from tests.support.outcomes import add_prediction
+from tace.db import Job, Series, Study, session_scope
+from tests.support.outcomes import add_outcome, add_prediction
 from tests.support.processes import tace_env
 from worker.volume import read_series_folder
 
@@ -63,21 +63,6 @@ def _uids(engine: Engine, job_id: int) -> tuple[str, str]:
     return row.study_instance_uid, row.series_instance_uid
 
 
-def _outcome(engine: Engine, patient_id: str, assessed_on: dt.date, response: str) -> None:
-    with session_scope(engine) as session:
-        session.add(
-            Outcome(
-                patient_id=patient_id,
-                patient_hash=phi.patient_hash(patient_id, None),
-                assessed_on=assessed_on,
-                response=response,
-                source_kind="csv",
-                source_id=f"test:{patient_id}",
-                outcome_key=f"csv:{assessed_on}",
-            )
-        )
-
-
 def _seed(engine: Engine, data_dir: Path) -> dict[str, str]:
     """Three patients' studies with identifying headers and an outcome 6 weeks later; job ID -> patient."""
     jobs = {}
@@ -105,7 +90,7 @@ def _seed(engine: Engine, data_dir: Path) -> dict[str, str]:
             ),
             data_dir / "dicom" / study_uid / series_uid,
         )
-        _outcome(engine, patient, study_date + dt.timedelta(weeks=6), "PD" if n % 2 else "PR")
+        add_outcome(engine, patient, study_date + dt.timedelta(weeks=6), "PD" if n % 2 else "PR")
         jobs[f"job{job}"] = patient
     return jobs
 
@@ -256,7 +241,7 @@ def test_a_multi_phase_job_exports_one_aligned_column_per_phase(
                 "contract": {"min_slices": 1},
                 "series": series,
             }
-        _outcome(sqlite_engine, patient, dt.date(2026, 2, 20), "PD" if n else "SD")
+        add_outcome(sqlite_engine, patient, dt.date(2026, 2, 20), "PD" if n else "SD")
         jobs.append(job)
 
     out = tmp_path / "cohort"

@@ -24,29 +24,11 @@ from tace.app.drift import drift_report
 from tace.app.performance import evaluate_version, performance
 from tace.db import Prediction, session_scope
 from tace.outcomes import LinkWindow, relink
-from tests.support.outcomes import add_prediction
+from tests.support.outcomes import add_outcome, add_prediction
 
 WINDOW = LinkWindow(4, 16)
 # control (CR/PR/SD) = 1, progression (PD) = 0; P(disease control) as the model stored it
 CASES = [("PR", 0.9), ("CR", 0.8), ("SD", 0.4), ("PD", 0.5), ("PD", 0.2)]
-
-
-def _outcome(engine: Engine, patient: str, response: str, assessed: dt.date) -> None:
-    from tace import phi
-    from tace.db import Outcome, session_scope
-
-    with session_scope(engine) as session:
-        session.add(
-            Outcome(
-                patient_id=patient,
-                patient_hash=phi.patient_hash(patient, None),
-                assessed_on=assessed,
-                response=response,
-                source_kind="csv",
-                source_id=f"test:{patient}:{assessed}",
-                outcome_key=f"csv:{assessed}",
-            )
-        )
 
 
 def test_performance_matches_hand_computed_auc_sensitivity_specificity_brier(engine: Engine) -> None:
@@ -63,9 +45,9 @@ def test_performance_matches_hand_computed_auc_sensitivity_specificity_brier(eng
             threshold=None,
             same_study_as=job,
         )
-        _outcome(engine, f"PERF{index}", response, assessed)
+        add_outcome(engine, f"PERF{index}", assessed, response)
         # a later assessment of the same patient does not count twice
-        _outcome(engine, f"PERF{index}", "PD", assessed + dt.timedelta(weeks=8))
+        add_outcome(engine, f"PERF{index}", assessed + dt.timedelta(weeks=8), "PD")
     with engine.begin() as connection:
         relink(connection, WINDOW)
     first, second = performance(engine, min_outcomes=5, checkpoint_thresholds={"site-2": 0.5})
@@ -140,7 +122,7 @@ def test_the_90_day_window_superseded_jobs_and_no_destination(sqlite_engine: Eng
         sqlite_engine, patient_id="WIN3", study_date=study, probability=0.5, state=JobState.superseded
     )
     for patient in ("WIN1", "WIN2", "WIN3"):
-        _outcome(sqlite_engine, patient, "PR", dt.date(2026, 3, 1))
+        add_outcome(sqlite_engine, patient, dt.date(2026, 3, 1), "PR")
     with sqlite_engine.begin() as connection:
         connection.execute(
             sa.update(Prediction.__table__)
