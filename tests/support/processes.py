@@ -56,3 +56,25 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
         except subprocess.TimeoutExpired:
             kill_hard(process)
     return process.returncode
+
+
+def start_until_ready_then_stop(
+    args: Sequence[str], env: dict[str, str], log: Path, ready_seconds: float
+) -> int:
+    """Start a Celery worker, wait for its "ready." line, SIGTERM it and return its exit code.
+
+    A worker that will not stop is killed, so a failing test leaves no process behind.
+    """
+    from tests.support.services import wait_until
+
+    process = spawn(args, env, log)
+    try:
+        wait_until(
+            lambda: "ready." in log.read_text(), ready_seconds, interval=0.5, what="the worker to start"
+        )
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
-from tests.support.processes import spawn, tace_command, tace_env
-from tests.support.services import wait_until
+from tests.support.processes import start_until_ready_then_stop, tace_command, tace_env
 
 
 def test_the_worker_runs_one_blank_series_before_it_is_ready(
@@ -17,15 +15,7 @@ def test_the_worker_runs_one_blank_series_before_it_is_ready(
     env = tace_env(
         data_dir=data_dir, log_format="json", model_checkpoint=demo_checkpoint, device="cpu", compile="off"
     )
-    process = spawn(tace_command("worker", "--queues", "infer"), env, log)
-    try:
-        wait_until(lambda: "ready." in log.read_text(), 180, interval=0.5, what="the worker to start")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    assert start_until_ready_then_stop(tace_command("worker", "--queues", "infer"), env, log, 180) == 0
     events = [json.loads(line)["event"] for line in log.read_text().splitlines() if line.strip()]
     warmed = [index for index, event in enumerate(events) if event == "model.warmed_up"]
     ready = next(index for index, event in enumerate(events) if "ready." in event)

@@ -10,7 +10,7 @@ from pathlib import Path
 from celery.apps import worker as celery_worker
 
 from tace.app import celery_console
-from tests.support.processes import spawn, tace_command, tace_env
+from tests.support.processes import spawn, start_until_ready_then_stop, tace_command, tace_env
 from tests.support.services import wait_until
 
 
@@ -22,17 +22,8 @@ def test_the_celery_internals_we_replace_are_still_there() -> None:
 
 def test_worker_output_is_json_lines_only(data_dir: Path, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
-    process = spawn(
-        tace_command("worker", "--queues", "send"), tace_env(data_dir=data_dir, log_format="json"), log
-    )
-    try:
-        wait_until(lambda: "ready." in log.read_text(), 120, interval=0.5, what="the worker to start")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    env = tace_env(data_dir=data_dir, log_format="json")
+    assert start_until_ready_then_stop(tace_command("worker", "--queues", "send"), env, log, 120) == 0
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]
     assert [e["event"] for e in events][-1] == "worker: Warm shutdown (MainProcess)"
